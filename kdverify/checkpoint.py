@@ -1,0 +1,130 @@
+"""Self-describing checkpoints: plain dicts of tensors, strings and numbers.
+
+A checkpoint names its architecture and constructor arguments, so it rebuilds without any
+pickled class, and loads with `torch.load(weights_only=True)`: a file that tries to run code
+is refused, never executed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import kdverify
+from kdverify.data import Dataset, atomic_write_bytes
+from kdverify.errors import CheckpointError
+from kdverify.models import ARCHITECTURES, TappedModel, build_model
+
+FORMAT = "kdverify-checkpoint"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the rebuilt model plus everything that describes it."""
+
+    model: TappedModel
+    arch: str
+    arch_kwargs: dict[str, Any]
+    input_shape: tuple[int, ...]
+    classes: tuple[str, ...]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    dataset_variant: str
+    recipe: dict[str, Any]
+    metrics: dict[str, Any]
+    versions: dict[str, str]
+    sha256: str  # of the file's bytes (exports record where they came from)
+
+
+def library_versions() -> dict[str, str]:
+    return {"kdverify": kdverify.__version__, "torch": str(torch.__version__), "python": platform.python_version()}
+
+
+def checkpoint_payload(model: TappedModel, arch: str, arch_kwargs: dict[str, Any], dataset: Dataset,
+                       recipe: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None) -> dict:
+    """The dict that is saved: nothing in it needs a class to unpickle."""
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "arch": arch,
+        "arch_kwargs": dict(arch_kwargs),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "input_shape": [int(d) for d in dataset.input_shape],
+        "classes": list(dataset.classes),
+        "normalization": {"mean": list(dataset.mean), "std": list(dataset.std)},
+        "dataset_variant": dataset.variant,
+        "recipe": dict(recipe or {}),
+        "metrics": dict(metrics or {}),
+        "versions": library_versions(),
+    }
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict, force: bool = False) -> Path:
+    """Write atomically; refuse to replace an existing file unless `force`."""
+    path = Path(path)
+    if path.exists() and not force:
+        raise CheckpointError(f"{path} exists; pass --force to overwrite it")
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory")
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    try:
+        atomic_write_bytes(path, buffer.getvalue())
+    except OSError as exc:
+        raise CheckpointError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Checkpoint:
+    """Load and rebuild; every failure is a one-line CheckpointError naming the problem."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file")
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory, not a checkpoint file")
+    try:
+        blob = path.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if not blob:
+        raise CheckpointError(f"{path} is empty")
+    try:
+        payload = torch.load(io.BytesIO(blob), map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is the same user-facing problem
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+            reason = "it contains pickled code or classes, refused under weights_only=True"
+        raise CheckpointError(f"{path} is not a readable checkpoint: {reason[:200]}") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a kdverify checkpoint (no '{FORMAT}' header)")
+    arch = payload.get("arch")
+    if arch not in ARCHITECTURES:
+        raise CheckpointError(f"{path}: unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
+    try:
+        model = build_model(arch, **payload.get("arch_kwargs", {}))
+    except TypeError as exc:
+        raise CheckpointError(f"{path}: bad constructor arguments for {arch}: {exc}") from None
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except (RuntimeError, KeyError, TypeError) as exc:
+        first = str(exc).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[:3])[:300]
+        raise CheckpointError(f"{path}: weights do not fit {arch}: {detail}") from None
+    model.eval()
+    norm = payload.get("normalization", {})
+    return Checkpoint(
+        model=model, arch=arch, arch_kwargs=dict(payload.get("arch_kwargs", {})),
+        input_shape=tuple(payload.get("input_shape", ())), classes=tuple(payload.get("classes", ())),
+        mean=tuple(norm.get("mean", ())), std=tuple(norm.get("std", ())),
+        dataset_variant=str(payload.get("dataset_variant", "")), recipe=dict(payload.get("recipe", {})),
+        metrics=dict(payload.get("metrics", {})), versions=dict(payload.get("versions", {})),
+        sha256=hashlib.sha256(blob).hexdigest(),
+    )

@@ -1,0 +1,172 @@
+"""`kdverify` command line: recipes, train, distill, evaluate, export.
+
+Every user-fixable failure is one line on stderr and exit status 1 (2 for usage errors),
+never a traceback; outputs are written atomically and never overwritten without --force.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+import torch
+
+from kdverify.errors import KdverifyError
+
+
+def _one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (KdverifyError, KeyError, ValueError) as exc:
+            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+            click.echo(f"kdverify: error: {message}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("kdverify: interrupted; nothing was written", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks CUDA when present; asking for CUDA without one is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise KdverifyError("--device cuda asked for, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+data_root_option = click.option("--data-root", type=click.Path(file_okay=False), default=None,
+                                help="Folder in torchvision's layout (default: $KDVERIFY_DATA, else the user cache).")
+device_option = click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+budget_option = click.option("--budget", type=click.Choice(["ci", "paper"]), default="ci", show_default=True,
+                             help="ci: CPU-feasible schedule; paper: the reference work's own recipe.")
+
+
+@click.group()
+@click.version_option(package_name="kdverify")
+def main() -> None:
+    """Reproduce knowledge-distillation claims and ship verified students."""
+
+
+@main.command("recipes")
+@budget_option
+def recipes_command(budget: str) -> None:
+    """List the training recipes (names for --recipe)."""
+    from kdverify.recipes import RECIPES
+
+    click.echo(f"{'name':<26} {'dataset':<8} {'arch':<11} {'objective':<9} {'epochs':>6} {'teacher':<16} note")
+    for name, budgets in RECIPES.items():
+        r = budgets[budget]
+        click.echo(f"{name:<26} {r.dataset:<8} {r.arch:<11} {r.objective:<9} {r.epochs:>6} "
+                   f"{r.teacher or '-':<16} {r.note}")
+
+
+def _train_and_save(recipe_name: str, budget: str, out: str, force: bool, data_root: str | None, device: str,
+                    seed: int | None, epochs: int | None, teacher_path: str | None) -> None:
+    import dataclasses
+
+    from kdverify.cache import result_metrics
+    from kdverify.checkpoint import checkpoint_payload, load_checkpoint
+    from kdverify.data import load_dataset
+    from kdverify.recipes import get_recipe
+    from kdverify.train import fit
+
+    out_path = Path(out)
+    if out_path.exists() and not force:
+        raise KdverifyError(f"{out_path} exists; pass --force to overwrite it")
+    if not out_path.parent.is_dir():
+        raise KdverifyError(f"output folder {out_path.parent} does not exist")
+    recipe = get_recipe(recipe_name, budget)
+    if seed is not None:
+        recipe = recipe.with_seed(seed)
+    if epochs is not None:
+        recipe = dataclasses.replace(recipe, epochs=epochs)
+    if recipe.teacher and not teacher_path:
+        raise KdverifyError(f"recipe {recipe.name} distils from a teacher: use "
+                            f"`kdverify distill --teacher TEACHER.pt --recipe {recipe.name}`")
+    dev = resolve_device(device)
+    teacher = None
+    if teacher_path:
+        ckpt = load_checkpoint(teacher_path, map_location=dev)
+        expected = get_recipe(recipe.teacher, budget).arch if recipe.teacher else None
+        if expected and ckpt.arch != expected:
+            raise KdverifyError(f"{teacher_path} is a {ckpt.arch}; recipe {recipe.name} needs a {expected} teacher")
+        teacher = ckpt.model.to(dev)
+    dataset = load_dataset(recipe.dataset, data_root, dev)
+    click.echo(f"training {recipe.name} ({budget} budget, {recipe.epochs} epochs) on {dataset.variant}, {dev}",
+               err=True)
+    result = fit(recipe, dataset, teacher=teacher)
+    payload = checkpoint_payload(result.model, recipe.arch, recipe.arch_kwargs, dataset, recipe.to_dict(),
+                                 result_metrics(result, recipe.fingerprint()))
+    from kdverify.checkpoint import save_checkpoint
+
+    save_checkpoint(out_path, payload, force=force)
+    ev = result.evaluation
+    click.echo(f"wrote {out_path}: {recipe.name}, test errors {ev.errors}/{ev.total} "
+               f"({100 * ev.error_rate:.2f}%), {result.seconds:.0f}s")
+
+
+def _training_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed([
+        click.option("--recipe", "recipe_name", required=True, help="Recipe name (see `kdverify recipes`)."),
+        budget_option,
+        click.option("--out", required=True, type=click.Path(dir_okay=False), help="Checkpoint to write."),
+        click.option("--force", is_flag=True, help="Overwrite an existing output."),
+        data_root_option, device_option,
+        click.option("--seed", type=int, default=None, help="Override the recipe's seed."),
+        click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override the recipe's epochs."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
+@main.command("train")
+@_training_options
+@_one_line_errors
+def train_command(recipe_name: str, budget: str, out: str, force: bool, data_root: str | None, device: str,
+                  seed: int | None, epochs: int | None) -> None:
+    """Train a model from scratch on hard labels (teachers, baselines)."""
+    _train_and_save(recipe_name, budget, out, force, data_root, device, seed, epochs, None)
+
+
+@main.command("distill")
+@click.option("--teacher", "teacher_path", required=True, type=click.Path(dir_okay=False),
+              help="Teacher checkpoint written by `kdverify train`.")
+@_training_options
+@_one_line_errors
+def distill_command(teacher_path: str, recipe_name: str, budget: str, out: str, force: bool,
+                    data_root: str | None, device: str, seed: int | None, epochs: int | None) -> None:
+    """Train a student from a teacher checkpoint (KD, cosine or hint objective)."""
+    _train_and_save(recipe_name, budget, out, force, data_root, device, seed, epochs, teacher_path)
+
+
+@main.command("evaluate")
+@click.argument("checkpoint", type=click.Path())
+@data_root_option
+@device_option
+@_one_line_errors
+def evaluate_command(checkpoint: str, data_root: str | None, device: str) -> None:
+    """Test errors, per-class errors and confusion matrix of a checkpoint on real data."""
+    from kdverify.checkpoint import load_checkpoint
+    from kdverify.data import load_dataset
+    from kdverify.train import evaluate
+
+    ckpt = load_checkpoint(checkpoint)
+    dataset_name = ckpt.recipe.get("dataset") or ("cifar10" if ckpt.input_shape[:1] == (3,) else "mnist")
+    dev = resolve_device(device)
+    dataset = load_dataset(dataset_name, data_root, dev)
+    ev = evaluate(ckpt.model.to(dev), dataset.test, ckpt.mean, ckpt.std)
+    click.echo(f"{checkpoint}: {ckpt.arch} on {dataset.variant}: {ev.errors}/{ev.total} errors "
+               f"({100 * ev.error_rate:.2f}%)")
+    click.echo("per class: " + "  ".join(f"{c}:{e}" for c, e in zip(dataset.classes, ev.per_class_errors)))
+
+
+if __name__ == "__main__":
+    main()

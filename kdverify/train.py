@@ -1,0 +1,279 @@
+"""One training loop for every objective (CE, KD, cosine, hint), evaluation, and logit-bias tools.
+
+The loop keeps the whole transfer set on the device, shuffles with one randperm, augments a
+batch with one gather, and evaluates the whole test split in a few large batches. When the
+recipe has no augmentation the teacher's outputs are fixed, so they are computed once for the
+whole transfer set instead of once per batch per epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kdverify.data import Dataset, Split, augment, balanced_subset, filter_classes, iterate_batches, normalize, \
+    split_holdout
+from kdverify.losses import cosine_loss, hint_loss, kd_loss, pool_to_width
+from kdverify.models import HintRegressor, TappedModel, build_model
+from kdverify.recipes import Recipe
+
+TRAINER_VERSION = "1"  # bump when a change alters trained weights for the same recipe (part of cache keys)
+EVAL_BATCH = 2000
+
+
+@dataclass
+class Evaluation:
+    """Errors on one split: total, per class, and the confusion matrix (rows = true class)."""
+
+    confusion: torch.Tensor  # int64 (C, C)
+
+    @classmethod
+    def from_logits(cls, logits: torch.Tensor, labels: torch.Tensor) -> "Evaluation":
+        c = logits.shape[1]
+        pred = logits.argmax(dim=1)
+        confusion = torch.bincount(labels * c + pred, minlength=c * c).view(c, c).cpu()
+        return cls(confusion)
+
+    @property
+    def total(self) -> int:
+        return int(self.confusion.sum())
+
+    @property
+    def errors(self) -> int:
+        return self.total - int(self.confusion.diag().sum())
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / max(self.total, 1)
+
+    @property
+    def per_class_errors(self) -> list[int]:
+        return (self.confusion.sum(dim=1) - self.confusion.diag()).tolist()
+
+    @property
+    def per_class_total(self) -> list[int]:
+        return self.confusion.sum(dim=1).tolist()
+
+    def to_dict(self) -> dict:
+        return {"errors": self.errors, "total": self.total, "error_rate": self.error_rate,
+                "per_class_errors": self.per_class_errors, "confusion": self.confusion.tolist()}
+
+
+@dataclass
+class EpochRecord:
+    epoch: int
+    loss: float
+    test_errors: int
+    seconds: float
+
+
+@dataclass
+class TrainResult:
+    model: TappedModel
+    recipe: Recipe
+    evaluation: Evaluation
+    history: list[EpochRecord] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+ProgressFn = Callable[[Recipe, EpochRecord, int], None]
+
+
+def print_progress(recipe: Recipe, record: EpochRecord, test_total: int) -> None:
+    """Default progress line: epoch, loss, test errors, time per epoch and time left."""
+    left = (recipe.epochs - record.epoch) * record.seconds
+    print(f"[{recipe.name}] epoch {record.epoch:>4}/{recipe.epochs}  loss {record.loss:.4f}  "
+          f"test errors {record.test_errors} ({100 * record.test_errors / test_total:.2f}%)  "
+          f"{record.seconds:.1f}s/epoch  ETA {time.strftime('%H:%M:%S', time.gmtime(left))}",
+          file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, split: Split, mean: Sequence[float], std: Sequence[float],
+                   batch_size: int = EVAL_BATCH) -> torch.Tensor:
+    """Logits of the whole split in large batches, model in eval mode (restored afterwards)."""
+    was_training = model.training
+    model.eval()
+    out = [model(normalize(split.images[i:i + batch_size], mean, std)) for i in range(0, len(split), batch_size)]
+    model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0, 10)
+
+
+def evaluate(model: nn.Module, split: Split, mean: Sequence[float], std: Sequence[float]) -> Evaluation:
+    return Evaluation.from_logits(predict_logits(model, split, mean, std), split.labels)
+
+
+# ---------------------------------------------------------------- logit-bias adjustment
+
+
+def shift_logits(logits: torch.Tensor, classes: Sequence[int], delta: float) -> torch.Tensor:
+    """What shifting the output bias of `classes` by `delta` does to the logits."""
+    shifted = logits.clone()
+    shifted[:, list(classes)] += delta
+    return shifted
+
+
+def shift_bias(model: TappedModel, classes: Sequence[int], delta: float) -> None:
+    """Shift the output-layer bias of `classes` by `delta`, in place (Hinton's +3.5 on the 3)."""
+    with torch.no_grad():
+        model.output_layer.bias[list(classes)] += delta
+
+
+def search_bias_shift(logits: torch.Tensor, labels: torch.Tensor, classes: Sequence[int],
+                      grid: torch.Tensor | None = None) -> tuple[float, int]:
+    """The bias shift of `classes` that minimises errors on (logits, labels), and those errors.
+
+    Ties go to the smallest |shift|. Runs on precomputed logits, so a fine grid costs nothing.
+    """
+    if grid is None:
+        grid = torch.arange(-15.0, 15.0001, 0.1)
+    grid = grid[grid.abs().argsort(stable=True)]
+    best_delta, best_errors = 0.0, None
+    for delta in grid.tolist():
+        errors = int((shift_logits(logits, classes, delta).argmax(1) != labels).sum())
+        if best_errors is None or errors < best_errors:
+            best_delta, best_errors = round(delta, 4), errors
+    return best_delta, int(best_errors)
+
+
+# ---------------------------------------------------------------- training
+
+
+def transfer_split(recipe: Recipe, dataset: Dataset) -> tuple[Split, Split]:
+    """The examples a recipe trains on, and its held-out slice (taken before class filters)."""
+    train = dataset.train
+    if recipe.train_subset:
+        train = balanced_subset(train, recipe.train_subset, len(dataset.classes))
+    train, holdout = split_holdout(train, recipe.holdout)
+    return filter_classes(train, keep=recipe.keep_classes, drop=recipe.drop_classes), holdout
+
+
+def make_optimizer(recipe: Recipe, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov,
+                               weight_decay=recipe.weight_decay, foreach=True)
+    if recipe.optimizer == "adam":
+        return torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay, foreach=True)
+    raise ValueError(f"{recipe.name}: unknown optimizer {recipe.optimizer!r}")
+
+
+def lr_factor(recipe: Recipe, epoch_progress: float) -> float:
+    """Multiplier of the base lr at a point in training measured in (fractional) epochs."""
+    if recipe.warmup_epochs and epoch_progress < recipe.warmup_epochs:
+        return epoch_progress / recipe.warmup_epochs
+    if recipe.schedule == "constant":
+        return 1.0
+    if recipe.schedule == "step":
+        return recipe.step_gamma ** int(epoch_progress // recipe.step_every)
+    rest = (epoch_progress - recipe.warmup_epochs) / max(recipe.epochs - recipe.warmup_epochs, 1e-9)
+    if recipe.schedule == "linear":
+        return max(0.0, 1.0 - rest)
+    if recipe.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * min(rest, 1.0)))
+    raise ValueError(f"{recipe.name}: unknown schedule {recipe.schedule!r}")
+
+
+class _TeacherSignal:
+    """What the student learns from: teacher logits, pooled hidden features or feature maps.
+
+    Without augmentation the teacher sees the same images every epoch, so the needed tap is
+    computed once for the whole transfer set; with augmentation, once per batch.
+    """
+
+    def __init__(self, recipe: Recipe, teacher: TappedModel, student: TappedModel, train: Split,
+                 mean: Sequence[float], std: Sequence[float]) -> None:
+        self.recipe, self.teacher = recipe, teacher.eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        with torch.inference_mode():
+            probe = student.forward_taps(normalize(train.images[:2], mean, std))
+        self.student_width = probe.hidden.shape[1]
+        self.cached = None
+        if recipe.augment == "none":
+            parts = [self._tap(normalize(train.images[i:i + EVAL_BATCH], mean, std))
+                     for i in range(0, len(train), EVAL_BATCH)]
+            self.cached = torch.cat(parts)
+
+    @torch.inference_mode()
+    def _tap(self, x: torch.Tensor) -> torch.Tensor:
+        taps = self.teacher.forward_taps(x)
+        if self.recipe.objective == "kd":
+            return taps.logits
+        if self.recipe.objective == "cosine":
+            return pool_to_width(taps.hidden, self.student_width)
+        return taps.feature_map
+
+    def batch(self, index: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self.cached[index] if self.cached is not None else self._tap(x).clone()
+
+
+def fit(recipe: Recipe, dataset: Dataset, teacher: TappedModel | None = None,
+        progress: ProgressFn | None = print_progress) -> TrainResult:
+    """Train `recipe` on `dataset` (already on its device); returns the model, history, evaluation."""
+    device = dataset.test.images.device
+    train, _ = transfer_split(recipe, dataset)
+    if len(train) == 0:
+        raise ValueError(f"{recipe.name}: the transfer set is empty after filters")
+    torch.manual_seed(recipe.seed)
+    model = build_model(recipe.arch, **recipe.arch_kwargs).to(device)
+    params = list(model.parameters())
+    regressor = None
+    signal = None
+    if recipe.objective != "ce":
+        if teacher is None:
+            raise ValueError(f"{recipe.name}: objective {recipe.objective!r} needs a teacher model")
+        signal = _TeacherSignal(recipe, teacher, model, train, dataset.mean, dataset.std)
+        if recipe.objective == "hint":
+            regressor = HintRegressor().to(device)
+            params += list(regressor.parameters())
+    optimizer = make_optimizer(recipe, params)
+    gen = torch.Generator().manual_seed(recipe.seed + 1)
+    steps_per_epoch = math.ceil(len(train) / recipe.batch_size)
+    history: list[EpochRecord] = []
+    started = time.perf_counter()
+    model.train()
+    for epoch in range(recipe.epochs):
+        t0 = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)
+        for step, (index, images, labels) in enumerate(iterate_batches(train, recipe.batch_size, gen)):
+            factor = lr_factor(recipe, epoch + step / steps_per_epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = recipe.lr * factor
+            x = normalize(augment(images, recipe.augment, gen), dataset.mean, dataset.std)
+            loss = _objective(recipe, model, regressor, x, labels, signal, index)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach()
+        evaluation = evaluate(model, dataset.test, dataset.mean, dataset.std)
+        record = EpochRecord(epoch + 1, float(loss_sum) / steps_per_epoch, evaluation.errors, time.perf_counter() - t0)
+        history.append(record)
+        if progress:
+            progress(recipe, record, evaluation.total)
+    model.eval()
+    return TrainResult(model, recipe, evaluation, history, time.perf_counter() - started)
+
+
+def _objective(recipe: Recipe, model: TappedModel, regressor: nn.Module | None, x: torch.Tensor,
+               labels: torch.Tensor, signal: _TeacherSignal | None, index: torch.Tensor) -> torch.Tensor:
+    if recipe.objective == "ce":
+        return F.cross_entropy(model(x), labels)
+    taps = model.forward_taps(x)
+    target = signal.batch(index, x)
+    if recipe.objective == "kd":
+        return kd_loss(taps.logits, target, labels, recipe.temperature, recipe.soft_weight)
+    if recipe.objective == "cosine":
+        distill = cosine_loss(taps.hidden, target)
+    else:
+        distill = hint_loss(regressor(taps.feature_map), target)
+    return recipe.soft_weight * distill + (1 - recipe.soft_weight) * F.cross_entropy(taps.logits, labels)

@@ -1,0 +1,81 @@
+import os
+import pickle
+
+import pytest
+import torch
+
+from kdverify.checkpoint import checkpoint_payload, load_checkpoint, save_checkpoint
+from kdverify.errors import CheckpointError
+from kdverify.models import HintonMLP, LightNN
+
+
+def _payload(tiny_mnist, model=None, **kw):
+    model = model or HintonMLP(hidden=16)
+    return checkpoint_payload(model, "hinton_mlp", {"hidden": 16}, tiny_mnist, {"name": "x"}, {"errors": 3}, **kw)
+
+
+def test_round_trip_rebuilds_model_without_pickled_classes(tiny_mnist, tmp_path):
+    model = HintonMLP(hidden=16).eval()
+    path = save_checkpoint(tmp_path / "m.pt", _payload(tiny_mnist, model))
+    ckpt = load_checkpoint(path)
+    x = torch.randn(3, 1, 28, 28)
+    torch.testing.assert_close(ckpt.model(x), model(x))
+    assert ckpt.arch == "hinton_mlp" and ckpt.arch_kwargs == {"hidden": 16}
+    assert ckpt.mean == (0.5,) and ckpt.input_shape == (1, 28, 28) and ckpt.classes[3] == "3"
+    assert ckpt.metrics == {"errors": 3} and ckpt.recipe == {"name": "x"} and "torch" in ckpt.versions
+    assert len(ckpt.sha256) == 64
+    # loads under the strictest loader: no custom classes inside
+    torch.load(path, weights_only=True)
+
+
+def test_no_overwrite_without_force_and_atomic(tiny_mnist, tmp_path):
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, _payload(tiny_mnist))
+    before = path.read_bytes()
+    with pytest.raises(CheckpointError, match="exists; pass --force"):
+        save_checkpoint(path, _payload(tiny_mnist))
+    assert path.read_bytes() == before
+    save_checkpoint(path, _payload(tiny_mnist), force=True)
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("touch PWNED",))
+
+
+@pytest.mark.parametrize("content,match", [
+    (b"", "is empty"),
+    (os.urandom(512), "not a readable checkpoint"),
+    (pickle.dumps({"format": "kdverify-checkpoint", "x": _RunsCode()}), "not a readable checkpoint"),
+])
+def test_bad_files_fail_cleanly(tmp_path, content, match, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "bad.pt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=match):
+        load_checkpoint(path)
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_truncated_missing_dir_foreign_and_mismatched(tiny_mnist, tmp_path):
+    good = save_checkpoint(tmp_path / "good.pt", _payload(tiny_mnist))
+    (tmp_path / "trunc.pt").write_bytes(good.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load_checkpoint(tmp_path / "trunc.pt")
+    with pytest.raises(CheckpointError, match="no such file"):
+        load_checkpoint(tmp_path / "none.pt")
+    with pytest.raises(CheckpointError, match="is a directory"):
+        load_checkpoint(tmp_path)
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="not a kdverify checkpoint"):
+        load_checkpoint(tmp_path / "foreign.pt")
+    payload = _payload(tiny_mnist)
+    payload["arch"] = "resnet50"
+    save_checkpoint(tmp_path / "arch.pt", payload)
+    with pytest.raises(CheckpointError, match="unknown architecture 'resnet50'"):
+        load_checkpoint(tmp_path / "arch.pt")
+    payload = checkpoint_payload(LightNN(), "hinton_mlp", {"hidden": 16}, tiny_mnist)
+    save_checkpoint(tmp_path / "shapes.pt", payload)
+    with pytest.raises(CheckpointError, match="weights do not fit hinton_mlp"):
+        load_checkpoint(tmp_path / "shapes.pt")

@@ -1,0 +1,53 @@
+import pytest
+import torch
+
+from kdverify.models import ARCHITECTURES, BlogCNN, DeepNN, HintonMLP, HintRegressor, LightNN, build_model, \
+    count_parameters, forward_flops
+
+
+def test_tutorial_parameter_counts():
+    assert count_parameters(DeepNN()) == 1_186_986
+    assert count_parameters(LightNN()) == 267_738
+
+
+def test_hinton_mlp_sizes():
+    teacher = HintonMLP(1200, 0.2, 0.5)
+    assert count_parameters(teacher) == 784 * 1200 + 1200 + 1200 * 1200 + 1200 + 1200 * 10 + 10
+    assert count_parameters(HintonMLP(800)) == 784 * 800 + 800 + 800 * 800 + 800 + 800 * 10 + 10
+
+
+@pytest.mark.parametrize("model,shape,hidden,fmap", [
+    (HintonMLP(800), (1, 28, 28), 800, (800,)),
+    (BlogCNN(), (1, 28, 28), 784, (16, 7, 7)),
+    (DeepNN(), (3, 32, 32), 2048, (32, 8, 8)),
+    (LightNN(), (3, 32, 32), 1024, (16, 8, 8)),
+])
+def test_taps_agree_with_forward(model, shape, hidden, fmap):
+    model.eval()
+    x = torch.randn(5, *shape)
+    taps = model.forward_taps(x)
+    torch.testing.assert_close(taps.logits, model(x))
+    assert taps.logits.shape == (5, 10)
+    assert taps.hidden.shape == (5, hidden) and taps.feature_map.shape == (5, *fmap)
+
+
+def test_regressor_maps_student_onto_teacher_channels():
+    assert HintRegressor()(torch.randn(2, 16, 8, 8)).shape == (2, 32, 8, 8)
+
+
+def test_build_model_and_unknown_arch():
+    assert set(ARCHITECTURES) == {"hinton_mlp", "blog_cnn", "deep_nn", "light_nn"}
+    assert isinstance(build_model("hinton_mlp", hidden=30), HintonMLP)
+    with pytest.raises(KeyError, match="unknown architecture"):
+        build_model("resnet")
+
+
+def test_output_layer_is_last_linear():
+    m = DeepNN()
+    assert m.output_layer is m.classifier[-1]
+
+
+def test_forward_flops():
+    assert forward_flops(HintonMLP(1200), (1, 28, 28)) == 2 * (784 * 1200 + 1200 * 1200 + 1200 * 10)
+    # first conv of LightNN: 16 output channels * 32*32 positions * 3*3*3 MACs
+    assert forward_flops(LightNN(), (3, 32, 32)) > 2 * 16 * 1024 * 27
