@@ -168,5 +168,29 @@ def evaluate_command(checkpoint: str, data_root: str | None, device: str) -> Non
     click.echo("per class: " + "  ".join(f"{c}:{e}" for c, e in zip(dataset.classes, ev.per_class_errors)))
 
 
+@main.command("export")
+@click.argument("checkpoint", type=click.Path())
+@click.option("--out", type=click.Path(), default=None,
+              help="ONNX file to write (default: exports/<checkpoint stem>.onnx).")
+@click.option("--opset", type=int, default=None, help="ONNX opset (default 18).")
+@click.option("--quantize", type=click.Choice(["int8"]), default=None,
+              help="Also write an int8 model (<out stem>.int8.onnx), judged by test accuracy.")
+@click.option("--batch-dynamic/--no-batch-dynamic", default=True, show_default=True,
+              help="Dynamic batch axis, or a fixed batch of 1.")
+@click.option("--atol", type=click.FloatRange(min=0.0), default=1e-4, show_default=True,
+              help="Largest |logit difference| allowed between ONNX Runtime and PyTorch.")
+@click.option("--force", is_flag=True, help="Overwrite existing outputs.")
+@data_root_option
+@_one_line_errors
+def export_command(checkpoint: str, out: str | None, opset: int | None, quantize: str | None, batch_dynamic: bool,
+                   atol: float, force: bool, data_root: str | None) -> None:
+    """Export a checkpoint to ONNX, validated against PyTorch before it is written."""
+    from kdverify.export import DEFAULT_OPSET, export_checkpoint
+
+    export_checkpoint(checkpoint, Path(out) if out else None, opset=DEFAULT_OPSET if opset is None else opset,
+                      quantize=quantize, batch_dynamic=batch_dynamic, atol=atol, force=force,
+                      data_root=data_root, log=click.echo)
+
+
 if __name__ == "__main__":
     main()

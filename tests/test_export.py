@@ -1,0 +1,316 @@
+"""ONNX export: round trips for every architecture, int8, metadata, and every bad input as one line.
+
+Random-weight models and synthetic datasets only; `--data-root` points at an empty folder, so
+validation runs on deterministic random inputs and no real data is needed.
+"""
+
+import copy
+import json
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from click.testing import CliRunner
+
+from conftest import make_pattern_split
+from kdverify import export as ex
+from kdverify.checkpoint import checkpoint_payload, load_checkpoint, save_checkpoint
+from kdverify.cli import main
+from kdverify.data import CIFAR_CLASSES, CIFAR_NORM, Dataset
+from kdverify.errors import KdverifyError
+from kdverify.models import build_model
+
+ARCHS = {"hinton_mlp": {"hidden": 32}, "blog_cnn": {}, "light_nn": {}, "deep_nn": {}}
+
+
+@pytest.fixture(scope="module")
+def tiny_cifar() -> Dataset:
+    return Dataset("cifar10", "synthetic", "s", CIFAR_CLASSES, *CIFAR_NORM,
+                   make_pattern_split(100, 0, channels=3, size=32), make_pattern_split(300, 1, channels=3, size=32))
+
+
+def _checkpoint(path, model_arch, dataset, seed=0, **payload_changes):
+    """A random-weight checkpoint; `payload_changes` override fields of the saved dict."""
+    torch.manual_seed(seed)
+    model = build_model(model_arch, **ARCHS[model_arch]).eval()
+    payload = checkpoint_payload(model, model_arch, ARCHS[model_arch], dataset,
+                                 {"name": f"test-{model_arch}", "dataset": dataset.name},
+                                 {"test": {"errors": 7, "total": len(dataset.test)}})
+    payload.update(payload_changes)
+    return save_checkpoint(path, payload)
+
+
+@pytest.fixture
+def mlp_ckpt(tmp_path, tiny_mnist):
+    return _checkpoint(tmp_path / "mlp.pt", "hinton_mlp", tiny_mnist)
+
+
+def _leftovers(folder):
+    """Everything in `folder` an export could have left: ONNX files and temp files."""
+    return sorted(p.name for p in folder.iterdir() if p.suffix in (".onnx", ".tmp") or p.name.startswith("."))
+
+
+def _export(ckpt, out, tmp_path, **kw):
+    lines = []
+    report = ex.export_checkpoint(ckpt, out, data_root=str(tmp_path / "no-data"), log=lines.append, **kw)
+    return report, lines
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_round_trip_every_architecture(arch, tmp_path, tiny_mnist, tiny_cifar):
+    dataset = tiny_cifar if arch in ("light_nn", "deep_nn") else tiny_mnist
+    ckpt_path = _checkpoint(tmp_path / f"{arch}.pt", arch, dataset)
+    out = tmp_path / "out" / f"{arch}.onnx"
+    out.parent.mkdir()
+    report, lines = _export(ckpt_path, out, tmp_path)
+
+    assert out.is_file() and report.path == out and report.size_bytes == out.stat().st_size
+    assert report.agreement == 1.0 and report.max_abs_diff <= 1e-4 and report.errors is None
+    assert lines[-1].startswith(f"exported {out}: ") and "opset 18, fp32" in lines[-1]
+    assert "top-1 agreement 100.00%" in lines[-1] and "random inputs" in lines[0]
+    assert _leftovers(out.parent) == [out.name]
+
+    proto = onnx.load(out)
+    batch_dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch_dim.dim_param and not batch_dim.dim_value  # dynamic batch axis
+    assert [o.version for o in proto.opset_import if o.domain == ""] == [18]
+
+    model = load_checkpoint(ckpt_path).model
+    session = ex.ort_session(out)
+    for batch in (3, 32):  # sizes never used during validation
+        x = torch.randn(batch, *dataset.input_shape, generator=torch.Generator().manual_seed(batch))
+        got = session.run(None, {"input": x.numpy()})[0]
+        with torch.no_grad():
+            np.testing.assert_allclose(got, model(x).numpy(), atol=1e-4, rtol=1e-4)
+
+
+def test_metadata_reads_back_through_onnxruntime(mlp_ckpt, tmp_path):
+    out = tmp_path / "m.onnx"
+    _export(mlp_ckpt, out, tmp_path)
+    meta = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
+    ckpt = load_checkpoint(mlp_ckpt)
+    assert meta["architecture"] == "hinton_mlp"
+    assert json.loads(meta["arch_kwargs"]) == {"hidden": 32}
+    assert json.loads(meta["classes"]) == list(ckpt.classes)
+    assert json.loads(meta["input_shape"]) == [1, 28, 28]
+    assert json.loads(meta["mean"]) == [0.5] and json.loads(meta["std"]) == [0.5]
+    assert meta["source_sha256"] == ckpt.sha256
+    assert meta["recipe"] == "test-hinton_mlp" and meta["dataset_variant"] == "synthetic"
+    assert json.loads(meta["test_errors"])["errors"] == 7  # recorded by the checkpoint: no data here
+    assert meta["kdverify_version"] == __import__("kdverify").__version__
+    assert meta["precision"] == "fp32"
+
+
+def test_int8_mlp_is_smaller_and_runs(mlp_ckpt, tmp_path):
+    out = tmp_path / "m.onnx"
+    report, lines = _export(mlp_ckpt, out, tmp_path, quantize="int8")
+    int8 = tmp_path / "m.int8.onnx"
+    assert report.int8_path == int8 and int8.is_file()
+    assert int8.stat().st_size < 0.5 * out.stat().st_size
+    assert report.int8_agreement is not None and report.int8_agreement > 0.9
+    assert "accuracy not checked" in lines[-1] and lines[-1].startswith(f"exported {int8}")
+    session = ex.ort_session(int8)
+    assert session.get_modelmeta().custom_metadata_map["precision"] == "int8"
+    assert session.run(None, {"input": np.zeros((5, 1, 28, 28), np.float32)})[0].shape == (5, 10)
+    assert any(n.op_type == "MatMulInteger" for n in onnx.load(int8).graph.node)
+    assert _leftovers(tmp_path) == ["m.int8.onnx", "m.onnx"]
+
+
+def test_int8_judged_by_test_accuracy_when_data_is_there(mlp_ckpt, tmp_path, tiny_mnist, monkeypatch):
+    monkeypatch.setattr(ex, "_load_data", lambda *a: tiny_mnist)
+    monkeypatch.setattr(ex, "INT8_MAX_EXTRA_ERROR_PP", 100.0)  # random weights: only the mechanics are tested
+    report, lines = _export(mlp_ckpt, tmp_path / "m.onnx", tmp_path, quantize="int8")
+    assert report.total == len(tiny_mnist.test) and report.errors is not None and report.int8_errors is not None
+    assert report.dataset_variant == "synthetic" and "limit +100.00 pp" in lines[-1]
+    # the same export fails under an impossible margin (int8 would have to gain 100 pp)
+    monkeypatch.setattr(ex, "INT8_MAX_EXTRA_ERROR_PP", -100.0)
+    with pytest.raises(ex.ExportError, match="int8 model loses too much accuracy"):
+        _export(mlp_ckpt, tmp_path / "n.onnx", tmp_path, quantize="int8")
+    assert _leftovers(tmp_path) == ["m.int8.onnx", "m.onnx"]
+
+
+def test_conv_int8_is_static_qdq_with_calibration(tmp_path, tiny_cifar):
+    fp32, int8 = tmp_path / "c.onnx", tmp_path / "c.int8.onnx"
+    ex.export_model(build_model("light_nn").eval(), (3, 32, 32), fp32, metadata={"precision": "fp32"})
+    calibration = torch.randn(64, 3, 32, 32)
+    assert ex.int8_method(fp32, calibration) == "static" and ex.int8_method(fp32, None) == "dynamic"
+    ex.quantize_int8(fp32, int8, calibration)
+    proto = onnx.load(int8)
+    ops = [n.op_type for n in proto.graph.node]
+    assert "QuantizeLinear" in ops and ops[-1] == "Gemm"  # the logit layer stays fp32
+    assert {p.key: p.value for p in proto.metadata_props}["precision"] == "int8"
+    out = ex.ort_session(int8).run(None, {"input": calibration[:4].numpy()})[0]
+    assert out.shape == (4, 10) and np.isfinite(out).all()
+
+
+def test_fixed_batch_validates_at_batch_one(mlp_ckpt, tmp_path):
+    out = tmp_path / "m.onnx"
+    report, lines = _export(mlp_ckpt, out, tmp_path, batch_dynamic=False)
+    assert onnx.load(out).graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
+    assert "at batch size 1," in lines[1] and report.agreement == 1.0
+
+
+def test_validator_fails_when_onnx_disagrees_with_torch(mlp_ckpt, tmp_path, monkeypatch):
+    real_export = ex.export_model
+
+    def export_a_different_model(model, *args, **kwargs):
+        wrong = copy.deepcopy(model)
+        with torch.no_grad():
+            wrong.output_layer.bias[0] += 0.01
+        real_export(wrong, *args, **kwargs)
+
+    monkeypatch.setattr(ex, "export_model", export_a_different_model)
+    result = CliRunner().invoke(main, ["export", str(mlp_ckpt), "--out", str(tmp_path / "m.onnx"),
+                                       "--data-root", str(tmp_path / "no-data")])
+    assert result.exit_code == 1 and "disagrees with PyTorch" in result.output
+    assert "max |logit difference| 1.00e-02" in result.output
+    assert _leftovers(tmp_path) == []
+
+
+def test_validator_runs_onnx_checker(mlp_ckpt, tmp_path, monkeypatch):
+    real_export = ex.export_model
+
+    def export_then_break(model, input_shape, path, *args, **kwargs):
+        real_export(model, input_shape, path, *args, **kwargs)
+        proto = onnx.load(path)
+        proto.graph.node[0].input[0] = "no_such_tensor"
+        onnx.save(proto, path)
+
+    monkeypatch.setattr(ex, "export_model", export_then_break)
+    with pytest.raises(ex.ExportError, match="fails onnx.checker"):
+        _export(mlp_ckpt, tmp_path / "m.onnx", tmp_path)
+    assert _leftovers(tmp_path) == []
+
+
+def test_default_output_goes_to_exports(mlp_ckpt, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["export", str(mlp_ckpt), "--data-root", str(tmp_path / "no-data")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "exports" / "mlp.onnx").is_file()
+    assert result.output.strip().splitlines()[-1].startswith("exported exports/mlp.onnx: ")
+
+
+def test_ort_session_settings(mlp_ckpt, tmp_path):
+    out = tmp_path / "m.onnx"
+    _export(mlp_ckpt, out, tmp_path)
+    options = ex.ort_session(out, threads=2, optimization="basic").get_session_options()
+    assert options.intra_op_num_threads == 2 and options.inter_op_num_threads == 1
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    with pytest.raises(KdverifyError, match="cannot load"):
+        ex.ort_session(mlp_ckpt)  # a checkpoint is not an ONNX file
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("touch PWNED",))
+
+
+def _bad_checkpoint(kind, folder, dataset):
+    """A path whose export must fail: (checkpoint path, expected message)."""
+    good = folder / "good.pt"
+    if kind == "missing":
+        return folder / "nope.pt", "no such file"
+    if kind == "directory":
+        (folder / "dir.pt").mkdir()
+        return folder / "dir.pt", "is a directory"
+    path = folder / f"{kind}.pt"
+    if kind == "empty":
+        path.write_bytes(b"")
+        return path, "is empty"
+    if kind == "truncated":
+        _checkpoint(good, "hinton_mlp", dataset)
+        path.write_bytes(good.read_bytes()[:2000])
+        return path, "not a readable checkpoint"
+    if kind == "random-bytes":
+        path.write_bytes(np.random.default_rng(0).bytes(4096))
+        return path, "not a readable checkpoint"
+    if kind == "pickle-runs-code":
+        path.write_bytes(pickle.dumps({"format": "kdverify-checkpoint", "x": _RunsCode()}))
+        return path, "refused under weights_only"
+    if kind == "unknown-arch":
+        return _checkpoint(path, "hinton_mlp", dataset, arch="resnet9000"), "unknown architecture 'resnet9000'"
+    if kind == "wrong-shapes":
+        return _checkpoint(path, "hinton_mlp", dataset, arch_kwargs={"hidden": 48}), "weights do not fit"
+    raise AssertionError(kind)
+
+
+def _run_export(args, folder):
+    return CliRunner().invoke(main, ["export", *args, "--data-root", str(folder / "no-data")])
+
+
+def _assert_one_line_error(result, message):
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kdverify: error: "), result.output
+    assert message in lines[0] and "Traceback" not in result.output
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.parametrize("kind", ["missing", "directory", "empty", "truncated", "random-bytes", "pickle-runs-code",
+                                  "unknown-arch", "wrong-shapes"])
+def test_bad_checkpoints_fail_in_one_line(kind, tmp_path, tiny_mnist, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ckpt, message = _bad_checkpoint(kind, tmp_path, tiny_mnist)
+    out = tmp_path / "out"
+    out.mkdir()
+    result = _run_export([str(ckpt), "--out", str(out / "m.onnx"), "--quantize", "int8"], tmp_path)
+    _assert_one_line_error(result, message)
+    assert _leftovers(out) == [] and not (tmp_path / "exports").exists()
+    assert not (tmp_path / "PWNED").exists()
+
+
+@pytest.mark.parametrize("case,message", [
+    ("missing-folder", "does not exist"),
+    ("out-is-directory", "is a directory"),
+    ("exists", "exists; pass --force"),
+    ("int8-exists", "exists; pass --force"),
+    ("unwritable-folder", "not writable"),
+    ("opset-too-old", "opset 7 is not supported"),
+    ("opset-too-new", "opset 99 is not supported"),
+])
+def test_bad_outputs_and_options_fail_in_one_line(case, message, mlp_ckpt, tmp_path):
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    out, extra = out_dir / "m.onnx", []
+    if case == "missing-folder":
+        out = tmp_path / "missing" / "m.onnx"
+    elif case == "out-is-directory":
+        out.mkdir()
+    elif case == "exists":
+        out.write_bytes(b"keep me")
+    elif case == "int8-exists":
+        (out_dir / "m.int8.onnx").write_bytes(b"keep me")
+        extra = ["--quantize", "int8"]
+    elif case == "unwritable-folder":
+        if os.geteuid() == 0:  # root writes through permission bits; /proc refuses new files even to root
+            out = Path("/proc/m.onnx")
+            message = "cannot write to /proc"
+        else:
+            out_dir.chmod(0o500)
+    else:
+        extra = ["--opset", {"opset-too-old": "7", "opset-too-new": "99"}[case]]
+    try:
+        result = _run_export([str(mlp_ckpt), "--out", str(out), *extra], tmp_path)
+    finally:
+        out_dir.chmod(0o700)
+    _assert_one_line_error(result, message)
+    kept = {"exists": ["m.onnx"], "int8-exists": ["m.int8.onnx"], "out-is-directory": ["m.onnx"]}.get(case, [])
+    assert _leftovers(out_dir) == kept
+    for name in kept:
+        assert (out_dir / name).is_dir() or (out_dir / name).read_bytes() == b"keep me"
+    assert not (tmp_path / "missing").exists()
+
+
+def test_force_overwrites(mlp_ckpt, tmp_path):
+    out = tmp_path / "m.onnx"
+    out.write_bytes(b"old")
+    result = _run_export([str(mlp_ckpt), "--out", str(out), "--force"], tmp_path)
+    assert result.exit_code == 0, result.output
+    onnx.checker.check_model(str(out))
+    assert "test errors not measured" in result.output.strip().splitlines()[-1]
