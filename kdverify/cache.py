@@ -57,20 +57,31 @@ class ModelCache:
     """Get-or-train for recipes of one budget on one dataset per name."""
 
     def __init__(self, root: str | os.PathLike | None, datasets: dict[str, Dataset], budget: str = "ci",
-                 progress: ProgressFn | None = print_progress) -> None:
+                 progress: ProgressFn | None = print_progress, teacher_seed_offset: int = 0) -> None:
         self.root = Path(root) if root else default_cache_dir() / "models"
         self.datasets, self.budget, self.progress = datasets, budget, progress
+        self.teacher_seed_offset = teacher_seed_offset  # calibration runs re-seed the teachers too
         self._memory: dict[str, Trained] = {}
+
+    def teacher_of(self, recipe: Recipe) -> Recipe | None:
+        if not recipe.teacher:
+            return None
+        teacher = get_recipe(recipe.teacher, self.budget)
+        return teacher.with_seed(teacher.seed + self.teacher_seed_offset)
 
     def key(self, recipe: Recipe) -> str:
         dataset = self.datasets[recipe.dataset]
         parts = [recipe.fingerprint(), dataset.variant, dataset.checksum, TRAINER_VERSION]
         if recipe.teacher:
-            parts.append(self.key(get_recipe(recipe.teacher, self.budget)))
+            parts.append(self.key(self.teacher_of(recipe)))
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
     def path(self, recipe: Recipe) -> Path:
         return self.root / f"{recipe.name}-seed{recipe.seed}-{self.key(recipe)}.pt"
+
+    def trained(self) -> list[Trained]:
+        """Everything trained or loaded so far (for reports)."""
+        return list(self._memory.values())
 
     def get(self, recipe: Recipe) -> Trained:
         """The trained model for `recipe`, from memory, disk, or by training it (teacher first)."""
@@ -89,7 +100,7 @@ class ModelCache:
             except (CheckpointError, KeyError, TypeError, ValueError):
                 trained = None  # corrupted or foreign entry: retrain, never trust it
         if trained is None:
-            teacher = self.get(get_recipe(recipe.teacher, self.budget)).model if recipe.teacher else None
+            teacher = self.get(self.teacher_of(recipe)).model if recipe.teacher else None
             result = fit(recipe, dataset, teacher=teacher, progress=self.progress)
             payload = checkpoint_payload(result.model, recipe.arch, recipe.arch_kwargs, dataset,
                                          recipe.to_dict(), result_metrics(result, key))

@@ -192,5 +192,22 @@ def export_command(checkpoint: str, out: str | None, opset: int | None, quantize
                       data_root=data_root, log=click.echo)
 
 
+@main.command("calibrate")
+@click.option("--seeds", "seeds", type=int, multiple=True, default=(0, 1, 2), show_default=True,
+              help="Seed offsets (repeat the option); every recipe, teachers included, is trained at each.")
+@budget_option
+@data_root_option
+@click.option("--cache", type=click.Path(file_okay=False), default=None, help="Model cache folder.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the measurements as JSON.")
+@click.option("--claim", "claim_ids", multiple=True, help="Only these claim ids (repeatable).")
+@_one_line_errors
+def calibrate_command(seeds: tuple[int, ...], budget: str, data_root: str | None, cache: str | None,
+                      out: str | None, claim_ids: tuple[str, ...]) -> None:
+    """Measure every claim at several seeds: how the ci thresholds were set, and how to re-check them."""
+    from kdverify.calibrate import calibrate
+
+    calibrate(seeds, budget, data_root, cache, Path(out) if out else None, claim_ids or None)
+
+
 if __name__ == "__main__":
     main()

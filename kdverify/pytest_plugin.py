@@ -1,4 +1,150 @@
-"""pytest plugin (entry point `pytest11`): claims markers, options, cached fixtures, report.
+"""pytest plugin (entry point `pytest11`): `pytest -m claims` reproduces the reference works.
 
-Filled in by the claims work; registered now so the entry point exists from the start.
+Shaped like pytest-benchmark's: options in one group with one prefix (`--kd-`), markers
+registered in `pytest_configure`, GPU-only claims skipped in `pytest_collection_modifyitems`,
+small fixtures that delegate to one session object (`kdverify.lab.ClaimsLab`), and the table
+printed in `pytest_terminal_summary`.
 """
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import pytest
+
+from kdverify.claims import CLAIMS_BY_ID, Claim, Verdict
+from kdverify.errors import DataError
+
+LAB_KEY = pytest.StashKey["object"]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("kdverify", "kdverify: knowledge-distillation claims")
+    group.addoption("--kd-data-root", default=None, metavar="DIR",
+                    help="dataset root in torchvision's layout (default: $KDVERIFY_DATA)")
+    group.addoption("--kd-budget", choices=("ci", "paper"), default="ci",
+                    help="ci: CPU-feasible recipes and measured thresholds (default); paper: the works' own")
+    group.addoption("--kd-device", choices=("auto", "cpu", "cuda"), default="auto",
+                    help="where to train; auto = CUDA when present (default: auto)")
+    group.addoption("--kd-cache", default=None, metavar="DIR",
+                    help="trained-model cache (default: $KDVERIFY_CACHE/models or ~/.cache/kdverify/models)")
+    group.addoption("--kd-report", default=None, metavar="DIR",
+                    help="write report.md, report.json and PNG pictures of the claims here")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "claims: a reproduction claim; trains (or loads cached) models and "
+                                       "checks a paper-level threshold")
+    config.addinivalue_line("markers", "claims_gpu(budgets): a claim whose listed budgets need a GPU; "
+                                       "skipped with a reason when none is present")
+    if config.getoption("--kd-device", "auto") == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise pytest.UsageError("--kd-device cuda asked for, but torch sees no CUDA device")
+
+
+def _lab(config: pytest.Config):  # noqa: ANN202 - imported lazily so plain `pytest` stays light
+    if LAB_KEY not in config.stash:
+        from kdverify.lab import ClaimsLab
+
+        opt = config.getoption
+        config.stash[LAB_KEY] = ClaimsLab(opt("--kd-data-root") or os.environ.get("KDVERIFY_DATA"),
+                                          opt("--kd-budget"), opt("--kd-device"), opt("--kd-cache"))
+    return config.stash[LAB_KEY]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    budget, device = config.getoption("--kd-budget"), config.getoption("--kd-device")
+    if device == "cpu":
+        return  # asked for explicitly: run it on the CPU, however long it takes
+    for item in items:
+        marker = item.get_closest_marker("claims_gpu")
+        if marker is None or budget not in marker.kwargs.get("budgets", ("paper",)):
+            continue
+        import torch
+
+        if not torch.cuda.is_available():
+            item.add_marker(pytest.mark.skip(
+                reason=f"the {budget} budget trains for GPU-hours and no CUDA device is present "
+                       "(--kd-device cpu runs it on the CPU anyway)"))
+
+
+@pytest.fixture(scope="session")
+def kd_lab(pytestconfig: pytest.Config):  # noqa: ANN201
+    """The session's ClaimsLab: `kd_lab.trained("recipe-name")`, `kd_lab.dataset("mnist")`."""
+    return _lab(pytestconfig)
+
+
+@pytest.fixture
+def kd_trained(kd_lab) -> Callable:  # noqa: ANN001
+    """`kd_trained(recipe, seed=None)` -> a trained model (cached); skips when its data is missing."""
+
+    def get(recipe: str, seed: int | None = None):  # noqa: ANN202
+        try:
+            return kd_lab.trained(recipe, seed)
+        except DataError as exc:
+            pytest.skip(f"no data: {exc}")
+
+    return get
+
+
+@pytest.fixture
+def kd_claim(kd_lab) -> Callable[[Claim | str], Verdict]:  # noqa: ANN001
+    """`kd_claim(claim_or_id)` measures, records and asserts a claim at the session's budget."""
+
+    def check(claim: Claim | str) -> Verdict:
+        claim = CLAIMS_BY_ID[claim] if isinstance(claim, str) else claim
+        reason = _skip_reason(kd_lab, claim)
+        if reason:
+            kd_lab.skip(claim, reason)
+            pytest.skip(reason)
+        try:
+            verdict = kd_lab.check(claim)
+        except DataError as exc:
+            kd_lab.skip(claim, f"no data: {exc}")
+            pytest.skip(f"no data: {exc}")
+        if verdict.verdict == "SKIP":
+            pytest.skip(f"{claim.id}: no threshold at the {kd_lab.budget} budget")
+        if verdict.verdict == "FAIL":
+            detail = f" ({verdict.detail})" if verdict.detail else ""
+            pytest.fail(f"{claim.id}: measured {verdict.measured:.10g}{detail}, threshold {verdict.threshold}, "
+                        f"paper {claim.paper_value:.10g} [{kd_lab.budget} budget]", pytrace=False)
+        return verdict
+
+    return check
+
+
+def _skip_reason(lab, claim: Claim) -> str:  # noqa: ANN001
+    if claim.thresholds.get(lab.budget) is None:
+        return claim.skip_reason.get(lab.budget) or f"{claim.id}: not judged at the {lab.budget} budget"
+    if claim.needs_original_data and lab.budget == "paper":
+        try:
+            variant = lab.dataset("cifar10").variant
+        except DataError as exc:
+            return f"no data: {exc}"
+        if variant != "cifar10":
+            from kdverify.claims import JPEG_NOTE
+
+            return f"{claim.id}: {JPEG_NOTE} (found {variant})"
+    return ""
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:  # noqa: ANN001
+    lab = config.stash.get(LAB_KEY, None)
+    if lab is None or not lab.verdicts:
+        return
+    from kdverify.report import budget_note, summary_line, table, write_report
+
+    tr = terminalreporter
+    tr.section(f"kdverify claims ({lab.budget} budget)")
+    tr.write_line(table(lab.verdicts))
+    tr.write_line(summary_line(lab.verdicts))
+    note = budget_note(lab.verdicts)
+    if note:
+        tr.write_line(note)
+    folder = config.getoption("--kd-report")
+    if folder:
+        written = write_report(folder, lab.verdicts, lab.trained_models())
+        tr.write_line("report: " + ", ".join(written))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -21,7 +22,7 @@ from torch import nn
 from kdverify.data import Dataset, Split, augment, balanced_subset, filter_classes, iterate_batches, normalize, \
     split_holdout
 from kdverify.losses import cosine_loss, hint_loss, kd_loss, pool_to_width
-from kdverify.models import HintRegressor, TappedModel, build_model
+from kdverify.models import HintRegressor, TappedModel, Taps, build_model
 from kdverify.recipes import Recipe
 
 TRAINER_VERSION = "1"  # bump when a change alters trained weights for the same recipe (part of cache keys)
@@ -183,11 +184,16 @@ def lr_factor(recipe: Recipe, epoch_progress: float) -> float:
     raise ValueError(f"{recipe.name}: unknown schedule {recipe.schedule!r}")
 
 
+# Teacher outputs over a fixed (un-augmented) transfer set, shared by every student of that
+# teacher: the tutorial's three students at three seeds then cost one teacher pass, not nine.
+_TEACHER_OUTPUTS: "weakref.WeakKeyDictionary[nn.Module, dict[tuple, torch.Tensor]]" = weakref.WeakKeyDictionary()
+
+
 class _TeacherSignal:
     """What the student learns from: teacher logits, pooled hidden features or feature maps.
 
-    Without augmentation the teacher sees the same images every epoch, so the needed tap is
-    computed once for the whole transfer set; with augmentation, once per batch.
+    Without augmentation the teacher sees the same images every epoch, so its taps are computed
+    once for the whole transfer set; with augmentation, once per batch.
     """
 
     def __init__(self, recipe: Recipe, teacher: TappedModel, student: TappedModel, train: Split,
@@ -200,13 +206,17 @@ class _TeacherSignal:
         self.student_width = probe.hidden.shape[1]
         self.cached = None
         if recipe.augment == "none":
-            parts = [self._tap(normalize(train.images[i:i + EVAL_BATCH], mean, std))
-                     for i in range(0, len(train), EVAL_BATCH)]
-            self.cached = torch.cat(parts)
+            memo = _TEACHER_OUTPUTS.setdefault(teacher, {})
+            key = (recipe.objective, self.student_width, recipe.dataset, recipe.train_subset, recipe.holdout,
+                   recipe.keep_classes, recipe.drop_classes, len(train), tuple(mean), tuple(std))
+            if key not in memo:
+                with torch.inference_mode():
+                    parts = [self._select(teacher.forward_taps(normalize(train.images[i:i + EVAL_BATCH], mean, std)))
+                             for i in range(0, len(train), EVAL_BATCH)]
+                memo[key] = torch.cat(parts).clone()
+            self.cached = memo[key]
 
-    @torch.inference_mode()
-    def _tap(self, x: torch.Tensor) -> torch.Tensor:
-        taps = self.teacher.forward_taps(x)
+    def _select(self, taps: Taps) -> torch.Tensor:
         if self.recipe.objective == "kd":
             return taps.logits
         if self.recipe.objective == "cosine":
@@ -214,7 +224,11 @@ class _TeacherSignal:
         return taps.feature_map
 
     def batch(self, index: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return self.cached[index] if self.cached is not None else self._tap(x).clone()
+        if self.cached is not None:
+            return self.cached[index]
+        with torch.inference_mode():
+            taps = self.teacher.forward_taps(x)
+        return self._select(taps).clone()
 
 
 def fit(recipe: Recipe, dataset: Dataset, teacher: TappedModel | None = None,
