@@ -49,9 +49,17 @@ def _lab(config: pytest.Config):  # noqa: ANN202 - imported lazily so plain `pyt
     if LAB_KEY not in config.stash:
         from kdverify.lab import ClaimsLab
 
+        from kdverify.train import progress_line
+
         opt = config.getoption
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+
+        def progress(recipe, record, total) -> None:  # noqa: ANN001 - shown live, past output capture
+            if reporter is not None:
+                reporter.write_line(progress_line(recipe, record, total))
+
         config.stash[LAB_KEY] = ClaimsLab(opt("--kd-data-root") or os.environ.get("KDVERIFY_DATA"),
-                                          opt("--kd-budget"), opt("--kd-device"), opt("--kd-cache"))
+                                          opt("--kd-budget"), opt("--kd-device"), opt("--kd-cache"), progress=progress)
     return config.stash[LAB_KEY]
 
 

@@ -87,13 +87,17 @@ class TrainResult:
 ProgressFn = Callable[[Recipe, EpochRecord, int], None]
 
 
-def print_progress(recipe: Recipe, record: EpochRecord, test_total: int) -> None:
-    """Default progress line: epoch, loss, test errors, time per epoch and time left."""
+def progress_line(recipe: Recipe, record: EpochRecord, test_total: int) -> str:
+    """Epoch, loss, test errors, time per epoch and time left, on one line."""
     left = (recipe.epochs - record.epoch) * record.seconds
-    print(f"[{recipe.name}] epoch {record.epoch:>4}/{recipe.epochs}  loss {record.loss:.4f}  "
-          f"test errors {record.test_errors} ({100 * record.test_errors / test_total:.2f}%)  "
-          f"{record.seconds:.1f}s/epoch  ETA {time.strftime('%H:%M:%S', time.gmtime(left))}",
-          file=sys.stderr, flush=True)
+    return (f"[{recipe.name} seed {recipe.seed}] epoch {record.epoch:>4}/{recipe.epochs}  loss {record.loss:.4f}  "
+            f"test errors {record.test_errors} ({100 * record.test_errors / test_total:.2f}%)  "
+            f"{record.seconds:.1f}s/epoch  ETA {time.strftime('%H:%M:%S', time.gmtime(left))}")
+
+
+def print_progress(recipe: Recipe, record: EpochRecord, test_total: int) -> None:
+    """Default progress: one line per epoch on stderr."""
+    print(progress_line(recipe, record, test_total), file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------- evaluation
