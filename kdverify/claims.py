@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 from kdverify.cache import Trained
+from kdverify.ci_thresholds import CI_THRESHOLDS
 from kdverify.data import Dataset
 from kdverify.models import build_model, count_parameters
 from kdverify.train import Evaluation, predict_logits, search_bias_shift, shift_logits, transfer_split
@@ -179,64 +180,64 @@ def _accuracy_claim(id: str, statement: str, recipe: str, paper: float, ci: Thre
                  needs_original_data=True)
 
 
-# ci thresholds: worst of the calibration seeds plus a margin (see ci_basis). Filled in from
-# `kdverify calibrate --seeds 0 1 2` output; None means "not yet calibrated" and is reported so.
-CI: dict[str, Threshold | None] = {}
-CI_BASIS: dict[str, str] = {}
-
-
 def _ci(claim_id: str) -> Threshold | None:
-    return CI.get(claim_id)
+    """The measured ci threshold of a claim (None: reported, not gated; see ci_thresholds.py)."""
+    op, value, _ = CI_THRESHOLDS.get(claim_id, (None, None, ""))
+    return Threshold(op, value) if op is not None else None
+
+
+def _basis(claim_id: str) -> str:
+    return CI_THRESHOLDS.get(claim_id, (None, None, "not calibrated"))[2]
 
 
 CLAIMS: list[Claim] = [
     # ---- Hinton et al. 2015, section 3
     _errors_claim("hinton.teacher", HINTON, "teacher 784-1200-1200-10 with dropout and jitter", 67,
-                  _ci("hinton.teacher"), CI_BASIS.get("hinton.teacher", ""), recipe="hinton-teacher"),
+                  _ci("hinton.teacher"), _basis("hinton.teacher"), recipe="hinton-teacher"),
     _errors_claim("hinton.student_hard", HINTON, "student 784-800-800-10 on hard labels", 146,
-                  _ci("hinton.student_hard"), CI_BASIS.get("hinton.student_hard", ""), recipe="hinton-student-hard"),
+                  _ci("hinton.student_hard"), _basis("hinton.student_hard"), recipe="hinton-student-hard"),
     _errors_claim("hinton.student_kd", HINTON, "same student on soft targets at T=20", 74,
-                  _ci("hinton.student_kd"), CI_BASIS.get("hinton.student_kd", ""), recipe="hinton-student-kd"),
+                  _ci("hinton.student_kd"), _basis("hinton.student_kd"), recipe="hinton-student-kd"),
     _errors_claim("hinton.no3.errors", HINTON, "transfer set without any 3: all test errors", 206,
-                  _ci("hinton.no3.errors"), CI_BASIS.get("hinton.no3.errors", ""), recipe="hinton-student-kd-no3"),
+                  _ci("hinton.no3.errors"), _basis("hinton.no3.errors"), recipe="hinton-student-kd-no3"),
     _errors_claim("hinton.no3.errors_on_3", HINTON, "transfer set without any 3: errors on the 1010 test 3s", 133,
-                  _ci("hinton.no3.errors_on_3"), CI_BASIS.get("hinton.no3.errors_on_3", ""),
+                  _ci("hinton.no3.errors_on_3"), _basis("hinton.no3.errors_on_3"),
                   unit="errors on 3s", recipe="hinton-student-kd-no3", cls=3),
     _errors_claim("hinton.no3.bias35", HINTON, "no-3 student with +3.5 on the 3's bias: all errors", 109,
-                  _ci("hinton.no3.bias35"), CI_BASIS.get("hinton.no3.bias35", ""), metric="shifted_errors",
+                  _ci("hinton.no3.bias35"), _basis("hinton.no3.bias35"), metric="shifted_errors",
                   recipe="hinton-student-kd-no3", classes=[3], shift=3.5),
     _errors_claim("hinton.no3.bias35_on_3", HINTON, "no-3 student with +3.5 on the 3's bias: errors on 3s", 14,
-                  _ci("hinton.no3.bias35_on_3"), CI_BASIS.get("hinton.no3.bias35_on_3", ""), metric="shifted_errors",
+                  _ci("hinton.no3.bias35_on_3"), _basis("hinton.no3.bias35_on_3"), metric="shifted_errors",
                   unit="errors on 3s", recipe="hinton-student-kd-no3", classes=[3], shift=3.5, cls=3),
     _errors_claim("hinton.no3.bias_searched_test", HINTON,
                   "no-3 student, 3's bias shift searched on the test set (as the paper tuned it)", 109,
-                  _ci("hinton.no3.bias_searched_test"), CI_BASIS.get("hinton.no3.bias_searched_test", ""),
+                  _ci("hinton.no3.bias_searched_test"), _basis("hinton.no3.bias_searched_test"),
                   metric="shifted_errors", recipe="hinton-student-kd-no3", classes=[3], shift="test"),
     _errors_claim("hinton.no3.bias_searched_holdout", HINTON,
                   "no-3 student, 3's bias shift searched on 5,000 held-out training images", 109,
-                  _ci("hinton.no3.bias_searched_holdout"), CI_BASIS.get("hinton.no3.bias_searched_holdout", ""),
+                  _ci("hinton.no3.bias_searched_holdout"), _basis("hinton.no3.bias_searched_holdout"),
                   metric="shifted_errors", recipe="hinton-student-kd-no3", classes=[3], shift="holdout"),
     _errors_claim("hinton.only78.errors", HINTON, "transfer set of only 7s and 8s: test error rate", 47.3,
-                  _ci("hinton.only78.errors"), CI_BASIS.get("hinton.only78.errors", ""), unit="% errors",
+                  _ci("hinton.only78.errors"), _basis("hinton.only78.errors"), unit="% errors",
                   recipe="hinton-student-kd-only78", percent=True),
     _errors_claim("hinton.only78.bias76", HINTON, "only-7/8 student with the 7 and 8 biases lowered by 7.6", 13.2,
-                  _ci("hinton.only78.bias76"), CI_BASIS.get("hinton.only78.bias76", ""), metric="shifted_errors",
+                  _ci("hinton.only78.bias76"), _basis("hinton.only78.bias76"), metric="shifted_errors",
                   unit="% errors", recipe="hinton-student-kd-only78", classes=[7, 8], shift=-7.6, percent=True),
     _errors_claim("hinton.only78.bias_searched_holdout", HINTON,
                   "only-7/8 student, 7/8 bias shift searched on held-out training images", 13.2,
-                  _ci("hinton.only78.bias_searched_holdout"), CI_BASIS.get("hinton.only78.bias_searched_holdout", ""),
+                  _ci("hinton.only78.bias_searched_holdout"), _basis("hinton.only78.bias_searched_holdout"),
                   metric="shifted_errors", unit="% errors", recipe="hinton-student-kd-only78", classes=[7, 8],
                   shift="holdout", percent=True),
     # ---- the relative claims that carry the science
     Claim("hinton.kd_beats_hard", HINTON, "the KD student makes clearly fewer errors than the same student on "
           "hard labels", "errors_saved", {"baseline": "hinton-student-hard", "better": "hinton-student-kd"},
           146 - 74, "errors saved", {"paper": Threshold(">=", 36), "ci": _ci("hinton.kd_beats_hard")},
-          CI_BASIS.get("hinton.kd_beats_hard", "")),
+          _basis("hinton.kd_beats_hard")),
     Claim("hinton.no3.bias_restores_3s", HINTON, "the bias shift restores most of the omitted class (share of "
           "3-errors removed, shift tuned on held-out images)", "omitted_class_recovery",
           {"recipe": "hinton-student-kd-no3", "classes": [3], "shift": "holdout"}, round((133 - 14) / 133, 3),
           "fraction", {"paper": Threshold(">=", 0.5), "ci": _ci("hinton.no3.bias_restores_3s")},
-          CI_BASIS.get("hinton.no3.bias_restores_3s", "")),
+          _basis("hinton.no3.bias_restores_3s")),
     # ---- the public reproduction
     _errors_claim("blog.teacher", BLOG, "teacher after 1000 epochs", 64, _ci("hinton.teacher"),
                   "same model as hinton.teacher", recipe="hinton-teacher"),
@@ -245,7 +246,7 @@ CLAIMS: list[Claim] = [
     _errors_claim("blog.no3", BLOG, "KD student without 3s in the transfer set", 161,
                   _ci("hinton.no3.errors"), "same model as hinton.no3.errors", recipe="hinton-student-kd-no3"),
     _errors_claim("blog.cnn", BLOG, "small CNN, Adam 1e-4, 100 epochs", 44, _ci("blog.cnn"),
-                  CI_BASIS.get("blog.cnn", ""), recipe="blog-cnn"),
+                  _basis("blog.cnn"), recipe="blog-cnn"),
     # ---- PyTorch KD tutorial (CIFAR-10)
     Claim("tutorial.params_deepnn", TUTORIAL, "DeepNN parameter count", "parameter_count", {"arch": "deep_nn"},
           1_186_986, "params", {"paper": Threshold("==", 1_186_986), "ci": Threshold("==", 1_186_986)},
@@ -254,15 +255,15 @@ CLAIMS: list[Claim] = [
           267_738, "params", {"paper": Threshold("==", 267_738), "ci": Threshold("==", 267_738)},
           "exact count, no training"),
     _accuracy_claim("tutorial.teacher", "DeepNN, CE, 10 epochs", "tutorial-deepnn", 74.69,
-                    _ci("tutorial.teacher"), CI_BASIS.get("tutorial.teacher", "")),
+                    _ci("tutorial.teacher"), _basis("tutorial.teacher")),
     _accuracy_claim("tutorial.student", "LightNN alone, CE", "tutorial-lightnn", 70.40,
-                    _ci("tutorial.student"), CI_BASIS.get("tutorial.student", "")),
+                    _ci("tutorial.student"), _basis("tutorial.student")),
     _accuracy_claim("tutorial.kd", "LightNN + KD (T=2, 0.25/0.75)", "tutorial-lightnn-kd", 70.26,
-                    _ci("tutorial.kd"), CI_BASIS.get("tutorial.kd", "")),
+                    _ci("tutorial.kd"), _basis("tutorial.kd")),
     _accuracy_claim("tutorial.cosine", "LightNN + cosine loss on hidden representation", "tutorial-lightnn-cosine",
-                    70.71, _ci("tutorial.cosine"), CI_BASIS.get("tutorial.cosine", "")),
+                    70.71, _ci("tutorial.cosine"), _basis("tutorial.cosine")),
     _accuracy_claim("tutorial.hint", "LightNN + FitNets hint regressor", "tutorial-lightnn-hint", 71.50,
-                    _ci("tutorial.hint"), CI_BASIS.get("tutorial.hint", "")),
+                    _ci("tutorial.hint"), _basis("tutorial.hint")),
     Claim("tutorial.teacher_beats_student", TUTORIAL, "the teacher is more accurate than the student alone",
           "mean_accuracy_gain", {"recipe": "tutorial-deepnn", "baseline": "tutorial-lightnn", "seeds": 1},
           round(74.69 - 70.40, 2), "acc pts", {"paper": Threshold(">", 0), "ci": Threshold(">", 0)},
@@ -273,7 +274,7 @@ CLAIMS: list[Claim] = [
           "published reruns show +-0.5 pt noise)", "mean_accuracy_gain",
           {"recipe": f"tutorial-lightnn-{kind}", "baseline": "tutorial-lightnn", "seeds": 3},
           paper, "acc pts", {"paper": Threshold(">=", -0.5), "ci": _ci(f"tutorial.{kind}_does_not_hurt")},
-          CI_BASIS.get(f"tutorial.{kind}_does_not_hurt", ""))
+          _basis(f"tutorial.{kind}_does_not_hurt"))
     for kind, paper in (("kd", round(70.26 - 70.40, 2)), ("cosine", round(70.71 - 70.40, 2)),
                         ("hint", round(71.50 - 70.40, 2)))
 ]

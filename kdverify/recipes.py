@@ -89,9 +89,11 @@ STUDENT_MLP = dict(hidden=800, input_dropout=0.0, hidden_dropout=0.0)
 # the ci teacher therefore uses the lighter dropout (the paper's 0.2/0.5 needs hundreds of epochs).
 _CI_MLP = dict(lr=0.05, momentum=0.9, nesterov=True, schedule="linear", warmup_epochs=1, step_every=0)
 CI_TEACHER_MLP = dict(hidden=1200, input_dropout=0.1, hidden_dropout=0.3)
-# KD at T=20 matches logits almost like a squared error (gradient ~ T * (q - p)), so it takes a
-# smaller step than CE: at lr 0.05 the 7s-and-8s-only student diverged to NaN in its first epoch.
-_CI_KD = {**_CI_MLP, "lr": 0.01}
+# The 7s-and-8s-only student sees 11k images of two classes; KD at T=20 acts like logit matching
+# there and at lr 0.05 it diverged to NaN in its first epoch, so it steps at 0.01 (34% errors, 17%
+# after the paper's -7.6 shift, seed 0). On full transfer sets lr 0.01 is too slow for 8 epochs
+# (KD student 159 errors vs 135 at lr 0.05, seed 0), so those keep 0.05.
+_CI_KD_SMALL_SET = {**_CI_MLP, "lr": 0.01}
 
 RECIPES: dict[str, dict[str, Recipe]] = {
     # ---- Hinton et al. 2015, section 3 (paper budget: the public reproduction's settings)
@@ -109,19 +111,19 @@ RECIPES: dict[str, dict[str, Recipe]] = {
         Recipe("hinton-student-kd", "mnist", "hinton_mlp", arch_kwargs=STUDENT_MLP, objective="kd",
                teacher="hinton-teacher", temperature=20.0, soft_weight=0.7, epochs=1000, lr=0.001,
                momentum=0.9, note="same student on soft targets at T=20 (blog: alpha 0.7, SGD 0.001) -> 74"),
-        epochs=8, **_CI_KD),
+        epochs=8, **_CI_MLP),
     "hinton-student-kd-no3": _pair(
         Recipe("hinton-student-kd-no3", "mnist", "hinton_mlp", arch_kwargs=STUDENT_MLP, objective="kd",
                teacher="hinton-teacher", temperature=20.0, soft_weight=0.7, epochs=1000, lr=0.001,
                momentum=0.9, drop_classes=(3,), holdout=5000,
                note="transfer set without any 3 -> 206 errors (133 on 3s); +3.5 on the 3 bias -> 109"),
-        epochs=8, **_CI_KD),
+        epochs=8, **_CI_MLP),
     "hinton-student-kd-only78": _pair(
         Recipe("hinton-student-kd-only78", "mnist", "hinton_mlp", arch_kwargs=STUDENT_MLP, objective="kd",
                teacher="hinton-teacher", temperature=20.0, soft_weight=0.7, epochs=1000, lr=0.001,
                momentum=0.9, keep_classes=(7, 8), holdout=5000,
                note="transfer set of 7s and 8s only -> 47.3% errors; 7/8 biases -7.6 -> 13.2%"),
-        epochs=30, **_CI_KD),
+        epochs=30, **_CI_KD_SMALL_SET),
     # ---- the public reproduction's CNN
     "blog-cnn": _pair(
         Recipe("blog-cnn", "mnist", "blog_cnn", epochs=100, lr=1e-4, optimizer="adam", weight_decay=1e-5,
