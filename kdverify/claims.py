@@ -17,6 +17,7 @@ from kdverify.cache import Trained
 from kdverify.ci_thresholds import CI_THRESHOLDS
 from kdverify.data import Dataset
 from kdverify.models import build_model, count_parameters
+from kdverify.recipes import get_recipe
 from kdverify.train import Evaluation, predict_logits, search_bias_shift, shift_logits, transfer_split
 
 OPS: dict[str, Callable[[float, float], bool]] = {"<=": operator.le, ">=": operator.ge, "==": operator.eq,
@@ -25,6 +26,8 @@ OPS: dict[str, Callable[[float, float], bool]] = {"<=": operator.le, ">=": opera
 
 class Lab(Protocol):
     """What a metric measures with: trained models (cached) and datasets."""
+
+    budget: str
 
     def trained(self, recipe: str, seed: int | None = None) -> Trained: ...
 
@@ -135,7 +138,7 @@ def omitted_class_recovery(lab: Lab, recipe: str, classes: list[int], shift: flo
 
 def mean_accuracy_gain(lab: Lab, recipe: str, baseline: str, seeds: int = 3) -> Measurement:
     """Mean over seeds of accuracy(recipe) - accuracy(baseline), each pair from the same init seed."""
-    base_seed = lab.trained(baseline).recipe.seed
+    base_seed = get_recipe(baseline, lab.budget).seed  # `trained` adds the lab's seed offset itself
     gains = []
     for k in range(seeds):
         acc = lambda name: 100 * (1 - lab.trained(name, seed=base_seed + k).evaluation.error_rate)  # noqa: E731

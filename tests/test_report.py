@@ -61,3 +61,26 @@ def test_judge_and_registry_cover_every_number():
     for c in CLAIMS:
         assert c.thresholds.get("paper") is not None, c.id
         assert c.ci_basis or c.thresholds.get("ci") is None or not c.recipes, f"{c.id}: ci threshold without basis"
+
+
+def test_seeded_claims_train_each_seed_once_at_the_labs_offset(tmp_path):
+    """Calibration at offset 3 must train students 45, 46, 47 (not the offset added twice)."""
+    from kdverify.claims import mean_accuracy_gain
+    from kdverify.lab import ClaimsLab
+
+    lab = ClaimsLab(cache_dir=tmp_path, seed_offset=3, progress=None)
+    asked: list[tuple[str, int]] = []
+
+    def fake_get(recipe):  # noqa: ANN001, ANN202
+        asked.append((recipe.name, recipe.seed))
+        errors = 500 if recipe.name == "tutorial-lightnn" else 400
+        confusion = torch.diag(torch.full((10,), 100))
+        confusion[0, 1] = errors  # 1000 + errors test images, `errors` of them wrong
+        return Trained(HintonMLP(16), recipe, "k", Evaluation(confusion), [])
+
+    lab.dataset = lambda name: None
+    lab.cache.get = fake_get
+    base = get_recipe("tutorial-lightnn", "ci").seed
+    m = mean_accuracy_gain(lab, "tutorial-lightnn-kd", "tutorial-lightnn", seeds=3)
+    assert sorted({seed for _, seed in asked}) == [base + 3, base + 4, base + 5]
+    assert m.value > 0  # 400 errors beat 500 at every seed
