@@ -242,12 +242,14 @@ CLAIMS: list[Claim] = [
           "fraction", {"paper": Threshold(">=", 0.5), "ci": _ci("hinton.no3.bias_restores_3s")},
           _basis("hinton.no3.bias_restores_3s")),
     # ---- the public reproduction
-    _errors_claim("blog.teacher", BLOG, "teacher after 1000 epochs", 64, _ci("hinton.teacher"),
-                  "same model as hinton.teacher", recipe="hinton-teacher"),
+    _errors_claim("blog.teacher", BLOG, "teacher after 1000 epochs", 64, _ci("blog.teacher"),
+                  "same model as hinton.teacher; " + _basis("blog.teacher"), recipe="hinton-teacher"),
     _errors_claim("blog.student_kd", BLOG, "KD student (alpha 0.7, T=20) after 1000 epochs", 67,
-                  _ci("hinton.student_kd"), "same model as hinton.student_kd", recipe="hinton-student-kd"),
+                  _ci("blog.student_kd"),
+                  "same model as hinton.student_kd; " + _basis("blog.student_kd"), recipe="hinton-student-kd"),
     _errors_claim("blog.no3", BLOG, "KD student without 3s in the transfer set", 161,
-                  _ci("hinton.no3.errors"), "same model as hinton.no3.errors", recipe="hinton-student-kd-no3"),
+                  _ci("blog.no3"),
+                  "same model as hinton.no3.errors; " + _basis("blog.no3"), recipe="hinton-student-kd-no3"),
     _errors_claim("blog.cnn", BLOG, "small CNN, Adam 1e-4, 100 epochs", 44, _ci("blog.cnn"),
                   _basis("blog.cnn"), recipe="blog-cnn"),
     # ---- PyTorch KD tutorial (CIFAR-10)
