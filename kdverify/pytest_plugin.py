@@ -53,9 +53,16 @@ def _lab(config: pytest.Config):  # noqa: ANN202 - imported lazily so plain `pyt
 
         opt = config.getoption
         reporter = config.pluginmanager.get_plugin("terminalreporter")
+        capture = config.pluginmanager.get_plugin("capturemanager")
 
-        def progress(recipe, record, total) -> None:  # noqa: ANN001 - shown live, past output capture
-            if reporter is not None:
+        def progress(recipe, record, total) -> None:  # noqa: ANN001
+            """Shown live: training runs inside a test, where pytest captures output at the fd level."""
+            if reporter is None:
+                return
+            if capture is None:
+                reporter.write_line(progress_line(recipe, record, total))
+                return
+            with capture.global_and_fixture_disabled():
                 reporter.write_line(progress_line(recipe, record, total))
 
         config.stash[LAB_KEY] = ClaimsLab(opt("--kd-data-root") or os.environ.get("KDVERIFY_DATA"),

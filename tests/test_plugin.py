@@ -98,3 +98,17 @@ def test_cuda_device_without_cuda_is_a_usage_error(no_data):
     result = no_data.runpytest("--kd-device", "cuda", "-p", "no:cacheprovider")
     assert result.ret != 0
     result.stderr.fnmatch_lines(["*--kd-device cuda asked for, but torch sees no CUDA device*"])
+
+
+def test_training_progress_is_shown_live_despite_output_capture(pytester):
+    """Training runs inside a test; its epoch lines must reach the terminal, not the capture buffer."""
+    pytester.makepyfile(test_progress="""
+        from kdverify.recipes import get_recipe
+        from kdverify.train import EpochRecord
+
+        def test_trains(kd_lab):
+            kd_lab.cache.progress(get_recipe("hinton-teacher"), EpochRecord(3, 0.25, 140, 9.0), 10000)
+    """)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")  # real fd-level capture
+    result.stdout.fnmatch_lines(["*[[]hinton-teacher seed 0[]] epoch    3/*  loss 0.2500  test errors 140 (1.40%)*"])
+    assert result.ret == 0
