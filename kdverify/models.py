@@ -40,6 +40,22 @@ class TappedModel(nn.Module):
         return [m for m in self.classifier.modules() if isinstance(m, nn.Linear)][-1]
 
 
+class RandDropout(nn.Dropout):
+    """Inverted dropout whose mask comes from one `torch.rand` call.
+
+    `nn.Dropout` fills its mask with `bernoulli_`, which on CPU ran at ~2 ms per 128x1200 mask (a
+    quarter of the Hinton teacher's training step); `rand` fills the same mask ~4x faster. Same
+    expectation and scaling as `nn.Dropout`, identity in eval mode, no parameters (checkpoints and
+    ONNX graphs are unchanged).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        keep = torch.rand(x.shape, device=x.device) >= self.p
+        return x * keep.to(x.dtype).mul_(1.0 / (1.0 - self.p))
+
+
 class HintonMLP(TappedModel):
     """784-H-H-10 ReLU MLP. Teacher: H=1200, dropout 0.2 input / 0.5 hidden. Student: H=800, none."""
 
@@ -47,9 +63,9 @@ class HintonMLP(TappedModel):
                  in_features: int = 784, num_classes: int = 10) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Flatten(), nn.Dropout(input_dropout),
-            nn.Linear(in_features, hidden), nn.ReLU(), nn.Dropout(hidden_dropout),
-            nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(hidden_dropout),
+            nn.Flatten(), RandDropout(input_dropout),
+            nn.Linear(in_features, hidden), nn.ReLU(), RandDropout(hidden_dropout),
+            nn.Linear(hidden, hidden), nn.ReLU(), RandDropout(hidden_dropout),
         )
         self.classifier = nn.Sequential(nn.Linear(hidden, num_classes))
 

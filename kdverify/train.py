@@ -25,7 +25,7 @@ from kdverify.losses import cosine_loss, hint_loss, kd_loss, pool_to_width
 from kdverify.models import HintRegressor, TappedModel, Taps, build_model
 from kdverify.recipes import Recipe
 
-TRAINER_VERSION = "1"  # bump when a change alters trained weights for the same recipe (part of cache keys)
+TRAINER_VERSION = "2"  # bump when a change alters trained weights for the same recipe (part of cache keys)
 EVAL_BATCH = 2000
 
 
@@ -271,6 +271,8 @@ def fit(recipe: Recipe, dataset: Dataset, teacher: TappedModel | None = None,
             loss = _objective(recipe, model, regressor, x, labels, signal, index)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if recipe.grad_clip:
+                nn.utils.clip_grad_norm_(params, recipe.grad_clip, foreach=True)
             optimizer.step()
             loss_sum += loss.detach()
         evaluation = evaluate(model, dataset.test, dataset.mean, dataset.std)

@@ -49,6 +49,7 @@ class _RunsCode:
     (os.urandom(512), "not a readable checkpoint"),
     (pickle.dumps({"format": "kdverify-checkpoint", "x": _RunsCode()}), "not a readable checkpoint"),
 ])
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")  # the hostile pickle, on purpose
 def test_bad_files_fail_cleanly(tmp_path, content, match, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "bad.pt"

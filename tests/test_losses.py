@@ -29,6 +29,7 @@ def test_soft_term_matches_both_reference_forms(T):
     torch.testing.assert_close(soft_target_kl(s, t, T), blog_soft_loss(s, t, T))
 
 
+@pytest.mark.filterwarnings("ignore:reduction. 'mean' divides:UserWarning")  # the mistake, shown on purpose
 def test_mean_reduction_would_shrink_the_soft_term_by_the_class_count():
     """Documented convention: 'mean' divides by classes too; kdverify uses batchmean."""
     s, t = torch.randn(8, 10), torch.randn(8, 10)

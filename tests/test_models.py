@@ -51,3 +51,28 @@ def test_forward_flops():
     assert forward_flops(HintonMLP(1200), (1, 28, 28)) == 2 * (784 * 1200 + 1200 * 1200 + 1200 * 10)
     # first conv of LightNN: 16 output channels * 32*32 positions * 3*3*3 MACs
     assert forward_flops(LightNN(), (3, 32, 32)) > 2 * 16 * 1024 * 27
+
+
+def test_rand_dropout_matches_nn_dropout_in_expectation_and_is_identity_in_eval():
+    from kdverify.models import RandDropout
+
+    torch.manual_seed(0)
+    drop = RandDropout(0.2)
+    x = torch.ones(400, 1000, requires_grad=True)
+    y = drop(x)
+    zeros = (y == 0).float().mean().item()
+    assert abs(zeros - 0.2) < 0.01  # 400k draws: 3 sigma is 0.002
+    assert torch.allclose(y[y != 0], torch.tensor(1 / 0.8))  # inverted scaling like nn.Dropout
+    assert abs(y.mean().item() - 1.0) < 0.01
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())  # gradient flows through kept units only, same scale
+    drop.eval()
+    assert drop(x) is x
+    assert RandDropout(0.0)(x) is x
+
+
+def test_teacher_mlp_keeps_nn_dropout_state_dict_layout():
+    """RandDropout has no parameters: checkpoints of the MLP keep the layer indices they always had."""
+    keys = list(build_model("hinton_mlp", hidden=16, input_dropout=0.2, hidden_dropout=0.5).state_dict())
+    assert keys == ["features.2.weight", "features.2.bias", "features.5.weight", "features.5.bias",
+                    "classifier.0.weight", "classifier.0.bias"]

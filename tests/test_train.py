@@ -3,6 +3,7 @@ import dataclasses
 import pytest
 import torch
 
+from kdverify.models import build_model
 from kdverify.recipes import RECIPES, Recipe, get_recipe
 from kdverify.train import Evaluation, fit, lr_factor, predict_logits, search_bias_shift, shift_bias, shift_logits, \
     transfer_split
@@ -117,3 +118,17 @@ def test_recipe_round_trip_and_fingerprint():
     assert r.fingerprint() == Recipe.from_dict(r.to_dict()).fingerprint()
     assert r.fingerprint() != r.with_seed(5).fingerprint()
     assert r.fingerprint() == dataclasses.replace(r, note="other words").fingerprint()
+
+
+def test_grad_clip_bounds_each_step(tiny_mnist):
+    """A tiny clip norm keeps every SGD step (no momentum) within lr * clip of the start."""
+    plain, clipped = tiny(momentum=0.0, epochs=1), tiny(momentum=0.0, epochs=1, grad_clip=1e-3)
+    torch.manual_seed(plain.seed)  # fit() initialises the same way
+    start = build_model(plain.arch, **plain.arch_kwargs).state_dict()
+    moved = {}
+    for name, recipe in (("plain", plain), ("clipped", clipped)):
+        weights = fit(recipe, tiny_mnist, progress=None).model.state_dict()
+        moved[name] = torch.sqrt(sum(((weights[k] - start[k]) ** 2).sum() for k in start)).item()
+    steps = -(-len(tiny_mnist.train) // plain.batch_size)
+    assert moved["clipped"] <= plain.lr * 1e-3 * steps * 1.0001
+    assert moved["plain"] > 10 * moved["clipped"]
