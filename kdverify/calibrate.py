@@ -1,9 +1,10 @@
 """Measure every claim at several seeds to set (and later re-check) the `ci` thresholds.
 
 `kdverify calibrate --seeds 0 3 6 --out calib.json` trains every recipe of the budget (teachers
-included) at each seed offset and measures each claim. `--thresholds` turns one or more such JSON
-files into the content of `kdverify/ci_thresholds.py`, applying the rules below, so every ci
-threshold can be traced to the seeds it came from and re-derived by anyone.
+included) at each seed offset and measures each claim. `--thresholds calib.json ... --out
+kdverify/ci_thresholds.py` turns such JSON files (later files win per claim and seed) into that
+module, applying the rules below, so every ci threshold can be traced to the seeds it came from
+and re-derived by anyone.
 """
 
 from __future__ import annotations
@@ -126,9 +127,10 @@ if __name__ == "__main__":
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--claims", nargs="*", default=None)
     parser.add_argument("--thresholds", type=Path, nargs="+", default=None, metavar="CALIB.json",
-                        help="print ci_thresholds.py from these calibration files instead of training")
+                        help="print ci_thresholds.py (or write it to --out) from these calibration files instead of training")
     a = parser.parse_args()
-    if a.thresholds:
-        print(render_thresholds(merge(a.thresholds)), end="")
+    if a.thresholds:  # with --out: written atomically (a shell redirect would empty the module it imports)
+        source = render_thresholds(merge(a.thresholds))
+        atomic_write_bytes(a.out, source.encode()) if a.out else print(source, end="")
     else:
         calibrate(a.seeds, a.budget, a.data_root, a.cache, a.out, a.claims)

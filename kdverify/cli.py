@@ -198,18 +198,24 @@ def export_command(checkpoint: str, out: str | None, opset: int | None, quantize
 @budget_option
 @data_root_option
 @click.option("--cache", type=click.Path(file_okay=False), default=None, help="Model cache folder.")
-@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the measurements as JSON.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the measurements as JSON (with --thresholds: the module).")
 @click.option("--claim", "claim_ids", multiple=True, help="Only these claim ids (repeatable).")
 @click.option("--thresholds", "threshold_files", multiple=True, type=click.Path(exists=True, dir_okay=False),
-              help="Instead of training: print ci_thresholds.py from these calibration JSON files (repeatable).")
+              help="Instead of training: ci_thresholds.py from these calibration JSON files (repeatable; to --out or stdout).")
 @_one_line_errors
 def calibrate_command(seeds: tuple[int, ...], budget: str, data_root: str | None, cache: str | None,
                       out: str | None, claim_ids: tuple[str, ...], threshold_files: tuple[str, ...]) -> None:
     """Measure every claim at several seeds: how the ci thresholds were set, and how to re-check them."""
     from kdverify.calibrate import calibrate, merge, render_thresholds
 
-    if threshold_files:
-        click.echo(render_thresholds(merge([Path(f) for f in threshold_files])), nl=False)
+    if threshold_files:  # with --out: written atomically (a shell redirect would empty the module it imports)
+        source = render_thresholds(merge([Path(f) for f in threshold_files]))
+        if out:
+            from kdverify.data import atomic_write_bytes
+
+            atomic_write_bytes(Path(out), source.encode())
+        else:
+            click.echo(source, nl=False)
         return
     calibrate(seeds, budget, data_root, cache, Path(out) if out else None, claim_ids or None)
 
