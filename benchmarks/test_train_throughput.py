@@ -7,10 +7,9 @@ in one process, at torch's default thread count (all cores) unless --bench-train
 otherwise. Each pytest-benchmark round is one training step (batch fetch included): 150 steps
 after 20 warm-up steps, or fewer (at least 40) when a loop would take over 30 s.
 
-- kdverify: the pieces of `kdverify.train.fit`, called the way `fit` calls them: one resident
-  uint8 tensor, `iterate_batches` (one randperm), `augment(images, "jitter2", gen)` (one gather),
-  `normalize`, the recipe's loss (`kdverify.train._objective`), zero_grad / backward / step of
-  `make_optimizer(recipe)`.
+- kdverify: `kdverify.train.TrainingRun.step`, the step `fit` runs: one resident uint8 tensor,
+  `iterate_batches` (one randperm), `augment(images, "jitter2", gen)` (one gather), `normalize`,
+  the recipe's loss, zero_grad / backward / step of `make_optimizer(recipe)`.
 - seed-style: a map-style Dataset returning one PIL image at a time, shifted by a random
   integer (dx, dy) in [-2, 2] with zero fill (PIL affine transform, what torchvision's
   RandomAffine(translate) does), converted by hand exactly like torchvision's ToTensor +
@@ -31,7 +30,6 @@ as `achieved_gflops_6x_forward_flops` for reference only.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 
 import numpy as np
@@ -42,7 +40,7 @@ from PIL import Image
 
 from benchmarks import _support as S
 from kdverify import train as kd_train
-from kdverify.data import MNIST_CLASSES, MNIST_NORM, Dataset, Split, augment, iterate_batches, normalize
+from kdverify.data import MNIST_CLASSES, MNIST_NORM, Dataset, Split
 from kdverify.models import build_model, forward_flops
 from kdverify.recipes import get_recipe
 
@@ -82,41 +80,20 @@ def synthetic_mnist() -> Dataset:
 # ---------------------------------------------------------------- kdverify
 
 
-def _endless_batches(split: Split, batch_size: int, gen: torch.Generator):  # noqa: ANN202
-    while True:  # 170 steps fit in one epoch of 469; this only guards a larger --bench-rounds-scale
-        yield from iterate_batches(split, batch_size, gen)
-
-
 def kdverify_step(recipe, dataset: Dataset):  # noqa: ANN001, ANN201
-    """One step of `kdverify.train.fit`'s inner loop as a closure (the same calls, in the same order)."""
-    train, _ = kd_train.transfer_split(recipe, dataset)
-    torch.manual_seed(recipe.seed)
-    model = build_model(recipe.arch, **recipe.arch_kwargs)
-    optimizer = kd_train.make_optimizer(recipe, list(model.parameters()))
-    objective = getattr(kd_train, "_objective", None)
-    gen = torch.Generator().manual_seed(recipe.seed + 1)
-    steps_per_epoch = math.ceil(len(train) / recipe.batch_size)
-    batches = _endless_batches(train, recipe.batch_size, gen)
-    state = {"step": 0, "loss_sum": torch.zeros(())}
-    model.train()
+    """One `kdverify.train.TrainingRun.step` per call, fed by its own shuffled batches (what `fit` runs)."""
+    run = kd_train.TrainingRun(recipe, dataset)
+    state = {"step": 0, "batches": run.batches()}
 
     def step() -> None:
-        index, images, labels = next(batches)
-        factor = kd_train.lr_factor(recipe, state["step"] / steps_per_epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = recipe.lr * factor
-        x = normalize(augment(images, recipe.augment, gen), dataset.mean, dataset.std)
-        if objective is not None:
-            loss = objective(recipe, model, None, x, labels, None, index)
-        else:  # what fit's objective is for a CE recipe, should the private helper be renamed
-            loss = F.cross_entropy(model(x), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        state["loss_sum"] += loss.detach()
+        batch = next(state["batches"], None)
+        if batch is None:  # 170 steps fit in one epoch of 469; this only guards a larger --bench-rounds-scale
+            state["batches"] = run.batches()
+            batch = next(state["batches"])
+        run.step(state["step"] / run.steps_per_epoch, *batch)
         state["step"] += 1
 
-    return step, model
+    return step, run.model
 
 
 def fit_cross_check(recipe, dataset: Dataset, samples: int) -> float:  # noqa: ANN001

@@ -13,7 +13,7 @@ import sys
 import time
 import weakref
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -217,7 +217,7 @@ class _TeacherSignal:
                 with torch.inference_mode():
                     parts = [self._select(teacher.forward_taps(normalize(train.images[i:i + EVAL_BATCH], mean, std)))
                              for i in range(0, len(train), EVAL_BATCH)]
-                memo[key] = torch.cat(parts).clone()
+                memo[key] = torch.cat(parts)  # outside inference mode: an ordinary tensor
             self.cached = memo[key]
 
     def _select(self, taps: Taps) -> torch.Tensor:
@@ -235,53 +235,75 @@ class _TeacherSignal:
         return self._select(taps).clone()
 
 
+class TrainingRun:
+    """One recipe's training state (model, optimizer, teacher signal, RNG) and its step.
+
+    `fit` drives it epoch by epoch; the training-throughput benchmark times `step` directly, so
+    what is benchmarked is exactly what trains.
+    """
+
+    def __init__(self, recipe: Recipe, dataset: Dataset, teacher: TappedModel | None = None) -> None:
+        device = dataset.test.images.device
+        self.recipe, self.dataset = recipe, dataset
+        self.train, _ = transfer_split(recipe, dataset)
+        if len(self.train) == 0:
+            raise ValueError(f"{recipe.name}: the transfer set is empty after filters")
+        torch.manual_seed(recipe.seed)
+        self.model = build_model(recipe.arch, **recipe.arch_kwargs).to(device)
+        self.params = list(self.model.parameters())
+        self.regressor: nn.Module | None = None
+        self.signal: _TeacherSignal | None = None
+        if recipe.objective != "ce":
+            if teacher is None:
+                raise ValueError(f"{recipe.name}: objective {recipe.objective!r} needs a teacher model")
+            self.signal = _TeacherSignal(recipe, teacher, self.model, self.train, dataset.mean, dataset.std)
+            if recipe.objective == "hint":
+                self.regressor = HintRegressor().to(device)
+                self.params += list(self.regressor.parameters())
+        self.optimizer = make_optimizer(recipe, self.params)
+        self.generator = torch.Generator().manual_seed(recipe.seed + 1)
+        self.steps_per_epoch = math.ceil(len(self.train) / recipe.batch_size)
+        self.model.train()
+
+    def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """One shuffled epoch of (index, uint8 images, labels)."""
+        return iterate_batches(self.train, self.recipe.batch_size, self.generator)
+
+    def step(self, epoch_progress: float, index: torch.Tensor, images: torch.Tensor,
+             labels: torch.Tensor) -> torch.Tensor:
+        """lr schedule, on-device augmentation, loss, backward, (clip,) optimizer step; returns the loss."""
+        recipe = self.recipe
+        for group in self.optimizer.param_groups:
+            group["lr"] = recipe.lr * lr_factor(recipe, epoch_progress)
+        x = normalize(augment(images, recipe.augment, self.generator), self.dataset.mean, self.dataset.std)
+        loss = _objective(recipe, self.model, self.regressor, x, labels, self.signal, index)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if recipe.grad_clip:
+            nn.utils.clip_grad_norm_(self.params, recipe.grad_clip, foreach=True)
+        self.optimizer.step()
+        return loss.detach()
+
+
 def fit(recipe: Recipe, dataset: Dataset, teacher: TappedModel | None = None,
         progress: ProgressFn | None = print_progress) -> TrainResult:
     """Train `recipe` on `dataset` (already on its device); returns the model, history, evaluation."""
-    device = dataset.test.images.device
-    train, _ = transfer_split(recipe, dataset)
-    if len(train) == 0:
-        raise ValueError(f"{recipe.name}: the transfer set is empty after filters")
-    torch.manual_seed(recipe.seed)
-    model = build_model(recipe.arch, **recipe.arch_kwargs).to(device)
-    params = list(model.parameters())
-    regressor = None
-    signal = None
-    if recipe.objective != "ce":
-        if teacher is None:
-            raise ValueError(f"{recipe.name}: objective {recipe.objective!r} needs a teacher model")
-        signal = _TeacherSignal(recipe, teacher, model, train, dataset.mean, dataset.std)
-        if recipe.objective == "hint":
-            regressor = HintRegressor().to(device)
-            params += list(regressor.parameters())
-    optimizer = make_optimizer(recipe, params)
-    gen = torch.Generator().manual_seed(recipe.seed + 1)
-    steps_per_epoch = math.ceil(len(train) / recipe.batch_size)
+    run = TrainingRun(recipe, dataset, teacher)
     history: list[EpochRecord] = []
     started = time.perf_counter()
-    model.train()
     for epoch in range(recipe.epochs):
         t0 = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        for step, (index, images, labels) in enumerate(iterate_batches(train, recipe.batch_size, gen)):
-            factor = lr_factor(recipe, epoch + step / steps_per_epoch)
-            for group in optimizer.param_groups:
-                group["lr"] = recipe.lr * factor
-            x = normalize(augment(images, recipe.augment, gen), dataset.mean, dataset.std)
-            loss = _objective(recipe, model, regressor, x, labels, signal, index)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if recipe.grad_clip:
-                nn.utils.clip_grad_norm_(params, recipe.grad_clip, foreach=True)
-            optimizer.step()
-            loss_sum += loss.detach()
-        evaluation = evaluate(model, dataset.test, dataset.mean, dataset.std)
-        record = EpochRecord(epoch + 1, float(loss_sum) / steps_per_epoch, evaluation.errors, time.perf_counter() - t0)
+        loss_sum = torch.zeros((), device=dataset.test.images.device)
+        for step, (index, images, labels) in enumerate(run.batches()):
+            loss_sum += run.step(epoch + step / run.steps_per_epoch, index, images, labels)
+        evaluation = evaluate(run.model, dataset.test, dataset.mean, dataset.std)
+        record = EpochRecord(epoch + 1, float(loss_sum) / run.steps_per_epoch, evaluation.errors,
+                             time.perf_counter() - t0)
         history.append(record)
         if progress:
             progress(recipe, record, evaluation.total)
-    model.eval()
-    return TrainResult(model, recipe, evaluation, history, time.perf_counter() - started)
+    run.model.eval()
+    return TrainResult(run.model, recipe, evaluation, history, time.perf_counter() - started)
 
 
 def _objective(recipe: Recipe, model: TappedModel, regressor: nn.Module | None, x: torch.Tensor,
