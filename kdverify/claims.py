@@ -171,87 +171,78 @@ CIFAR_TOL = 1.0  # paper budget: within 1 accuracy point (original CIFAR-10 only
 JPEG_NOTE = "absolute CIFAR-10 numbers need the original data; on the JPEG stand-in only relative claims count"
 
 
-def _errors_claim(id: str, source: str, statement: str, paper: float, ci: Threshold | None, basis: str,
-                  metric: str = "test_errors", unit: str = "errors", **args: Any) -> Claim:
-    return Claim(id, source, statement, metric, args, paper, unit,
-                 {"paper": Threshold("<=", round(paper * MNIST_TOL, 1)), "ci": ci}, basis)
+def _ci(claim_id: str) -> tuple[Threshold | None, str]:
+    """A claim's measured ci threshold (None: reported, not gated) and its basis, from ci_thresholds.py."""
+    op, value, basis = CI_THRESHOLDS.get(claim_id, (None, None, "not calibrated"))
+    return (Threshold(op, value) if op is not None else None), basis
 
 
-def _accuracy_claim(id: str, statement: str, recipe: str, paper: float, ci: Threshold | None, basis: str) -> Claim:
-    return Claim(id, TUTORIAL, statement, "accuracy_pct", {"recipe": recipe}, paper, "% acc",
-                 {"paper": Threshold(">=", round(paper - CIFAR_TOL, 2)), "ci": ci}, basis,
-                 needs_original_data=True)
+def _claim(id: str, source: str, statement: str, metric: str, args: dict[str, Any], paper: float | None, unit: str,
+           paper_threshold: Threshold, basis_prefix: str = "", **extra: Any) -> Claim:
+    ci, basis = _ci(id)
+    return Claim(id, source, statement, metric, args, paper, unit, {"paper": paper_threshold, "ci": ci},
+                 basis_prefix + basis, **extra)
 
 
-def _ci(claim_id: str) -> Threshold | None:
-    """The measured ci threshold of a claim (None: reported, not gated; see ci_thresholds.py)."""
-    op, value, _ = CI_THRESHOLDS.get(claim_id, (None, None, ""))
-    return Threshold(op, value) if op is not None else None
+def _errors_claim(id: str, source: str, statement: str, paper: float, metric: str = "test_errors",
+                  unit: str = "errors", same_model_as: str = "", **args: Any) -> Claim:
+    return _claim(id, source, statement, metric, args, paper, unit, Threshold("<=", round(paper * MNIST_TOL, 1)),
+                  f"same model as {same_model_as}; " if same_model_as else "")
 
 
-def _basis(claim_id: str) -> str:
-    return CI_THRESHOLDS.get(claim_id, (None, None, "not calibrated"))[2]
+def _accuracy_claim(id: str, statement: str, recipe: str, paper: float) -> Claim:
+    return _claim(id, TUTORIAL, statement, "accuracy_pct", {"recipe": recipe}, paper, "% acc",
+                  Threshold(">=", round(paper - CIFAR_TOL, 2)), needs_original_data=True)
 
 
 CLAIMS: list[Claim] = [
     # ---- Hinton et al. 2015, section 3
     _errors_claim("hinton.teacher", HINTON, "teacher 784-1200-1200-10 with dropout and jitter", 67,
-                  _ci("hinton.teacher"), _basis("hinton.teacher"), recipe="hinton-teacher"),
+                  recipe="hinton-teacher"),
     _errors_claim("hinton.student_hard", HINTON, "student 784-800-800-10 on hard labels", 146,
-                  _ci("hinton.student_hard"), _basis("hinton.student_hard"), recipe="hinton-student-hard"),
+                  recipe="hinton-student-hard"),
     _errors_claim("hinton.student_kd", HINTON, "same student on soft targets at T=20", 74,
-                  _ci("hinton.student_kd"), _basis("hinton.student_kd"), recipe="hinton-student-kd"),
+                  recipe="hinton-student-kd"),
     _errors_claim("hinton.no3.errors", HINTON, "transfer set without any 3: all test errors", 206,
-                  _ci("hinton.no3.errors"), _basis("hinton.no3.errors"), recipe="hinton-student-kd-no3"),
+                  recipe="hinton-student-kd-no3"),
     _errors_claim("hinton.no3.errors_on_3", HINTON, "transfer set without any 3: errors on the 1010 test 3s", 133,
-                  _ci("hinton.no3.errors_on_3"), _basis("hinton.no3.errors_on_3"),
                   unit="errors on 3s", recipe="hinton-student-kd-no3", cls=3),
     _errors_claim("hinton.no3.bias35", HINTON, "no-3 student with +3.5 on the 3's bias: all errors", 109,
-                  _ci("hinton.no3.bias35"), _basis("hinton.no3.bias35"), metric="shifted_errors",
-                  recipe="hinton-student-kd-no3", classes=[3], shift=3.5),
+                  metric="shifted_errors", recipe="hinton-student-kd-no3", classes=[3], shift=3.5),
     _errors_claim("hinton.no3.bias35_on_3", HINTON, "no-3 student with +3.5 on the 3's bias: errors on 3s", 14,
-                  _ci("hinton.no3.bias35_on_3"), _basis("hinton.no3.bias35_on_3"), metric="shifted_errors",
-                  unit="errors on 3s", recipe="hinton-student-kd-no3", classes=[3], shift=3.5, cls=3),
+                  metric="shifted_errors", unit="errors on 3s", recipe="hinton-student-kd-no3", classes=[3],
+                  shift=3.5, cls=3),
     _errors_claim("hinton.no3.bias_searched_test", HINTON,
                   "no-3 student, 3's bias shift searched on the test set (as the paper tuned it)", 109,
-                  _ci("hinton.no3.bias_searched_test"), _basis("hinton.no3.bias_searched_test"),
                   metric="shifted_errors", recipe="hinton-student-kd-no3", classes=[3], shift="test"),
     _errors_claim("hinton.no3.bias_searched_holdout", HINTON,
                   "no-3 student, 3's bias shift searched on 5,000 held-out training images", 109,
-                  _ci("hinton.no3.bias_searched_holdout"), _basis("hinton.no3.bias_searched_holdout"),
                   metric="shifted_errors", recipe="hinton-student-kd-no3", classes=[3], shift="holdout"),
     _errors_claim("hinton.only78.errors", HINTON, "transfer set of only 7s and 8s: test error rate", 47.3,
-                  _ci("hinton.only78.errors"), _basis("hinton.only78.errors"), unit="% errors",
-                  recipe="hinton-student-kd-only78", percent=True),
+                  unit="% errors", recipe="hinton-student-kd-only78", percent=True),
     _errors_claim("hinton.only78.bias76", HINTON, "only-7/8 student with the 7 and 8 biases lowered by 7.6", 13.2,
-                  _ci("hinton.only78.bias76"), _basis("hinton.only78.bias76"), metric="shifted_errors",
-                  unit="% errors", recipe="hinton-student-kd-only78", classes=[7, 8], shift=-7.6, percent=True),
+                  metric="shifted_errors", unit="% errors", recipe="hinton-student-kd-only78", classes=[7, 8],
+                  shift=-7.6, percent=True),
     _errors_claim("hinton.only78.bias_searched_holdout", HINTON,
                   "only-7/8 student, 7/8 bias shift searched on held-out training images", 13.2,
-                  _ci("hinton.only78.bias_searched_holdout"), _basis("hinton.only78.bias_searched_holdout"),
                   metric="shifted_errors", unit="% errors", recipe="hinton-student-kd-only78", classes=[7, 8],
                   shift="holdout", percent=True),
     # ---- the relative claims that carry the science
-    Claim("hinton.kd_beats_hard", HINTON, "the KD student makes clearly fewer errors than the same student on "
-          "hard labels", "errors_saved", {"baseline": "hinton-student-hard", "better": "hinton-student-kd"},
-          146 - 74, "errors saved", {"paper": Threshold(">=", 36), "ci": _ci("hinton.kd_beats_hard")},
-          _basis("hinton.kd_beats_hard")),
-    Claim("hinton.no3.bias_restores_3s", HINTON, "the bias shift restores most of the omitted class (share of "
-          "3-errors removed, shift tuned on held-out images)", "omitted_class_recovery",
-          {"recipe": "hinton-student-kd-no3", "classes": [3], "shift": "holdout"}, round((133 - 14) / 133, 3),
-          "fraction", {"paper": Threshold(">=", 0.5), "ci": _ci("hinton.no3.bias_restores_3s")},
-          _basis("hinton.no3.bias_restores_3s")),
+    _claim("hinton.kd_beats_hard", HINTON, "the KD student makes clearly fewer errors than the same student on "
+           "hard labels", "errors_saved", {"baseline": "hinton-student-hard", "better": "hinton-student-kd"},
+           146 - 74, "errors saved", Threshold(">=", 36)),
+    _claim("hinton.no3.bias_restores_3s", HINTON, "the bias shift restores most of the omitted class (share of "
+           "3-errors removed, shift tuned on held-out images)", "omitted_class_recovery",
+           {"recipe": "hinton-student-kd-no3", "classes": [3], "shift": "holdout"}, round((133 - 14) / 133, 3),
+           "fraction", Threshold(">=", 0.5)),
     # ---- the public reproduction
-    _errors_claim("blog.teacher", BLOG, "teacher after 1000 epochs", 64, _ci("blog.teacher"),
-                  "same model as hinton.teacher; " + _basis("blog.teacher"), recipe="hinton-teacher"),
+    _errors_claim("blog.teacher", BLOG, "teacher after 1000 epochs", 64, same_model_as="hinton.teacher",
+                  recipe="hinton-teacher"),
     _errors_claim("blog.student_kd", BLOG, "KD student (alpha 0.7, T=20) after 1000 epochs", 67,
-                  _ci("blog.student_kd"),
-                  "same model as hinton.student_kd; " + _basis("blog.student_kd"), recipe="hinton-student-kd"),
+                  same_model_as="hinton.student_kd", recipe="hinton-student-kd"),
     _errors_claim("blog.no3", BLOG, "KD student without 3s in the transfer set", 161,
-                  _ci("blog.no3"),
-                  "same model as hinton.no3.errors; " + _basis("blog.no3"), recipe="hinton-student-kd-no3"),
-    _errors_claim("blog.cnn", BLOG, "small CNN, Adam 1e-4, 100 epochs", 44, _ci("blog.cnn"),
-                  _basis("blog.cnn"), recipe="blog-cnn"),
+                  same_model_as="hinton.no3.errors", recipe="hinton-student-kd-no3"),
+    _errors_claim("blog.cnn", BLOG, "small CNN, Adam 1e-4, 100 epochs", 44, recipe="blog-cnn"),
     # ---- PyTorch KD tutorial (CIFAR-10)
     Claim("tutorial.params_deepnn", TUTORIAL, "DeepNN parameter count", "parameter_count", {"arch": "deep_nn"},
           1_186_986, "params", {"paper": Threshold("==", 1_186_986), "ci": Threshold("==", 1_186_986)},
@@ -259,27 +250,21 @@ CLAIMS: list[Claim] = [
     Claim("tutorial.params_lightnn", TUTORIAL, "LightNN parameter count", "parameter_count", {"arch": "light_nn"},
           267_738, "params", {"paper": Threshold("==", 267_738), "ci": Threshold("==", 267_738)},
           "exact count, no training"),
-    _accuracy_claim("tutorial.teacher", "DeepNN, CE, 10 epochs", "tutorial-deepnn", 74.69,
-                    _ci("tutorial.teacher"), _basis("tutorial.teacher")),
-    _accuracy_claim("tutorial.student", "LightNN alone, CE", "tutorial-lightnn", 70.40,
-                    _ci("tutorial.student"), _basis("tutorial.student")),
-    _accuracy_claim("tutorial.kd", "LightNN + KD (T=2, 0.25/0.75)", "tutorial-lightnn-kd", 70.26,
-                    _ci("tutorial.kd"), _basis("tutorial.kd")),
+    _accuracy_claim("tutorial.teacher", "DeepNN, CE, 10 epochs", "tutorial-deepnn", 74.69),
+    _accuracy_claim("tutorial.student", "LightNN alone, CE", "tutorial-lightnn", 70.40),
+    _accuracy_claim("tutorial.kd", "LightNN + KD (T=2, 0.25/0.75)", "tutorial-lightnn-kd", 70.26),
     _accuracy_claim("tutorial.cosine", "LightNN + cosine loss on hidden representation", "tutorial-lightnn-cosine",
-                    70.71, _ci("tutorial.cosine"), _basis("tutorial.cosine")),
-    _accuracy_claim("tutorial.hint", "LightNN + FitNets hint regressor", "tutorial-lightnn-hint", 71.50,
-                    _ci("tutorial.hint"), _basis("tutorial.hint")),
-    Claim("tutorial.teacher_beats_student", TUTORIAL, "the teacher is more accurate than the student alone",
-          "mean_accuracy_gain", {"recipe": "tutorial-deepnn", "baseline": "tutorial-lightnn", "seeds": 1},
-          round(74.69 - 70.40, 2), "acc pts", {"paper": Threshold(">", 0), "ci": Threshold(">", 0)},
-          "direction only"),
+                    70.71),
+    _accuracy_claim("tutorial.hint", "LightNN + FitNets hint regressor", "tutorial-lightnn-hint", 71.50),
+    _claim("tutorial.teacher_beats_student", TUTORIAL, "the teacher is more accurate than the student alone",
+           "mean_accuracy_gain", {"recipe": "tutorial-deepnn", "baseline": "tutorial-lightnn", "seeds": 1},
+           round(74.69 - 70.40, 2), "acc pts", Threshold(">", 0)),
 ] + [
-    Claim(f"tutorial.{kind}_does_not_hurt", TUTORIAL,
-          f"{kind} distillation does not hurt the student (mean accuracy gain over 3 seeds, direction only; "
-          "published reruns show +-0.5 pt noise)", "mean_accuracy_gain",
-          {"recipe": f"tutorial-lightnn-{kind}", "baseline": "tutorial-lightnn", "seeds": 3},
-          paper, "acc pts", {"paper": Threshold(">=", -0.5), "ci": _ci(f"tutorial.{kind}_does_not_hurt")},
-          _basis(f"tutorial.{kind}_does_not_hurt"))
+    _claim(f"tutorial.{kind}_does_not_hurt", TUTORIAL,
+           f"{kind} distillation does not hurt the student (mean accuracy gain over 3 seeds, direction only; "
+           "published reruns show +-0.5 pt noise)", "mean_accuracy_gain",
+           {"recipe": f"tutorial-lightnn-{kind}", "baseline": "tutorial-lightnn", "seeds": 3},
+           paper, "acc pts", Threshold(">=", -0.5))
     for kind, paper in (("kd", round(70.26 - 70.40, 2)), ("cosine", round(70.71 - 70.40, 2)),
                         ("hint", round(71.50 - 70.40, 2)))
 ]
