@@ -206,15 +206,11 @@ def export_command(checkpoint: str, out: str | None, opset: int | None, quantize
 def calibrate_command(seeds: tuple[int, ...], budget: str, data_root: str | None, cache: str | None,
                       out: str | None, claim_ids: tuple[str, ...], threshold_files: tuple[str, ...]) -> None:
     """Measure every claim at several seeds: how the ci thresholds were set, and how to re-check them."""
-    from kdverify.calibrate import calibrate, merge, render_thresholds
+    from kdverify.calibrate import calibrate, write_thresholds
 
-    if threshold_files:  # with --out: written atomically (a shell redirect would empty the module it imports)
-        source = render_thresholds(merge([Path(f) for f in threshold_files]))
-        if out:
-            from kdverify.data import atomic_write_bytes
-
-            atomic_write_bytes(Path(out), source.encode())
-        else:
+    if threshold_files:
+        source = write_thresholds([Path(f) for f in threshold_files], Path(out) if out else None)
+        if not out:
             click.echo(source, nl=False)
         return
     calibrate(seeds, budget, data_root, cache, Path(out) if out else None, claim_ids or None)
