@@ -8,6 +8,7 @@ printed in `pytest_terminal_summary`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Callable
 
@@ -59,10 +60,7 @@ def _lab(config: pytest.Config):  # noqa: ANN202 - imported lazily so plain `pyt
             """Shown live: training runs inside a test, where pytest captures output at the fd level."""
             if reporter is None:
                 return
-            if capture is None:
-                reporter.write_line(progress_line(recipe, record, total))
-                return
-            with capture.global_and_fixture_disabled():
+            with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
                 reporter.write_line(progress_line(recipe, record, total))
 
         config.stash[LAB_KEY] = ClaimsLab(opt("--kd-data-root") or os.environ.get("KDVERIFY_DATA"),

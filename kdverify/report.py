@@ -78,6 +78,7 @@ def write_pictures(folder: Path, models: Sequence[Trained]) -> list[str]:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import numpy
     except ImportError:
         return []
     written = []
@@ -87,15 +88,16 @@ def write_pictures(folder: Path, models: Sequence[Trained]) -> list[str]:
         for ax, m in zip(axes[0], confusions):
             conf = m.evaluation.confusion.clone()
             conf.fill_diagonal_(0)  # the diagonal dwarfs the mistakes; show only the mistakes
-            ax.imshow(conf.numpy(), cmap="magma")
+            cells, half = conf.numpy(), int(conf.max()) / 2
+            ax.imshow(cells, cmap="magma")
             ax.set_title(f"{m.recipe.name}\n{m.evaluation.errors} errors (off-diagonal)", fontsize=9)
             ax.set_xlabel("predicted")
             ax.set_ylabel("true")
             ax.set_xticks(range(10))
             ax.set_yticks(range(10))
-            for (i, j), n in __import__("numpy").ndenumerate(conf.numpy()):
+            for (i, j), n in numpy.ndenumerate(cells):
                 if n:
-                    ax.text(j, i, str(n), ha="center", va="center", fontsize=6, color="w" if n < conf.max() / 2 else "k")
+                    ax.text(j, i, str(n), ha="center", va="center", fontsize=6, color="w" if n < half else "k")
         fig.tight_layout()
         written.append(_save(fig, folder / "confusion.png"))
         plt.close(fig)
