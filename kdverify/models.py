@@ -8,6 +8,8 @@ representation and the feature map, so cosine and hint distillation need no copi
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import Any, NamedTuple
 
 import torch
@@ -41,19 +43,50 @@ class TappedModel(nn.Module):
 
 
 class RandDropout(nn.Dropout):
-    """Inverted dropout whose mask comes from one `torch.rand` call.
+    """Inverted dropout whose mask is cut from packed random bits.
 
-    `nn.Dropout` fills its mask with `bernoulli_`, which on CPU ran at ~2 ms per 128x1200 mask (a
-    quarter of the Hinton teacher's training step); `rand` fills the same mask ~4x faster. Same
-    expectation and scaling as `nn.Dropout`, identity in eval mode, no parameters (checkpoints and
-    ONNX graphs are unchanged).
+    `nn.Dropout` (`bernoulli_`) and `torch.rand` draw one Mersenne-Twister number per element. On
+    2 CPU cores the Hinton teacher's three masks cost 25% (`bernoulli_`), then 10% (`rand`,
+    0.54 ms per 128x1200 mask) of its training step. Here one 64-bit draw serves 64 elements at
+    p = 0.5 (b bits per element when p * 2**b is an integer, b <= 8, expanded through a 256-row
+    lookup table: 0.07 ms per mask) and 4 elements otherwise (16 bits each, so p is rounded to a
+    multiple of 2**-16, e.g. 0.2 -> 0.199997). Same expectation and scaling as `nn.Dropout`,
+    identity in eval mode, no parameters or buffers (checkpoints and ONNX graphs are unchanged).
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
             return x
-        keep = torch.rand(x.shape, device=x.device) >= self.p
-        return x * keep.to(x.dtype).mul_(1.0 / (1.0 - self.p))
+        return x * dropout_mask(x.shape, self.p, x.device, x.dtype)
+
+
+def _mask_bits(p: float) -> int:
+    """Bits of randomness per element: the fewest b in 1, 2, 4, 8 with p * 2**b exact, else 16."""
+    return next((b for b in (1, 2, 4, 8) if (p * 2 ** b).is_integer()), 16)
+
+
+@functools.lru_cache(maxsize=16)
+def _mask_table(p: float, bits: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(256, 8 // bits): the scaled keep values of the 8 // bits fields of every byte value."""
+    fields = (torch.arange(256)[:, None] >> torch.arange(0, 8, bits)) & (2 ** bits - 1)
+    return ((fields >= round(p * 2 ** bits)).double() * _keep_scale(p)).to(device, dtype)
+
+
+def _keep_scale(p: float) -> float:
+    return 0.0 if p >= 1 else 1.0 / (1.0 - p)
+
+
+def dropout_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device | str | None = None,
+                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A dropout mask of `shape`: 0 with probability p, else 1 / (1 - p); from the global torch RNG."""
+    device = torch.device(device or "cpu")
+    n, bits = math.prod(shape), _mask_bits(p)
+    words = torch.empty(math.ceil(n * bits / 64), dtype=torch.int64, device=device).random_(-2 ** 63, None)
+    if bits == 16:
+        keep = words.view(torch.int16)[:n] >= round(p * 2 ** 16) - 2 ** 15  # uniform over [-2**15, 2**15)
+        return keep.to(dtype).mul_(_keep_scale(p)).view(shape)
+    table = _mask_table(p, bits, device, dtype)
+    return table.index_select(0, words.view(torch.uint8).int()).view(-1)[:n].view(shape)
 
 
 class HintonMLP(TappedModel):

@@ -25,7 +25,7 @@ from kdverify.losses import cosine_loss, hint_loss, kd_loss, pool_to_width
 from kdverify.models import HintRegressor, TappedModel, Taps, build_model
 from kdverify.recipes import Recipe
 
-TRAINER_VERSION = "2"  # bump when a change alters trained weights for the same recipe (part of cache keys)
+TRAINER_VERSION = "3"  # bump when a change alters trained weights for the same recipe (part of cache keys)
 EVAL_BATCH = 2000
 
 
@@ -164,9 +164,11 @@ def transfer_split(recipe: Recipe, dataset: Dataset) -> tuple[Split, Split]:
 
 
 def make_optimizer(recipe: Recipe, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    """SGD is fused (one pass over the weights instead of three: 0.81 -> 0.44 ms for the Hinton teacher's
+    2.4M weights on 2 CPU cores); Adam stays foreach, its cost is noise next to the conv nets it trains."""
     if recipe.optimizer == "sgd":
         return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov,
-                               weight_decay=recipe.weight_decay, foreach=True)
+                               weight_decay=recipe.weight_decay, fused=True)
     if recipe.optimizer == "adam":
         return torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay, foreach=True)
     raise ValueError(f"{recipe.name}: unknown optimizer {recipe.optimizer!r}")

@@ -53,22 +53,41 @@ def test_forward_flops():
     assert forward_flops(LightNN(), (3, 32, 32)) > 2 * 16 * 1024 * 27
 
 
-def test_rand_dropout_matches_nn_dropout_in_expectation_and_is_identity_in_eval():
+@pytest.mark.parametrize("p", [0.5, 0.2, 0.25, 0.1, 0.75])
+def test_rand_dropout_matches_nn_dropout_in_expectation_and_is_identity_in_eval(p: float):
+    """Both mask paths: packed bits through the lookup table (0.5, 0.25, 0.75) and 16-bit fields (0.2, 0.1)."""
     from kdverify.models import RandDropout
 
     torch.manual_seed(0)
-    drop = RandDropout(0.2)
+    drop = RandDropout(p)
     x = torch.ones(400, 1000, requires_grad=True)
     y = drop(x)
-    zeros = (y == 0).float().mean().item()
-    assert abs(zeros - 0.2) < 0.01  # 400k draws: 3 sigma is 0.002
-    assert torch.allclose(y[y != 0], torch.tensor(1 / 0.8))  # inverted scaling like nn.Dropout
+    dropped = y == 0
+    assert abs(dropped.float().mean().item() - p) < 0.005  # 400k draws: 3 sigma is at most 0.0024
+    # every position inside a packed word is its own fair draw: the rate per position mod 64 is p too
+    per_position = dropped.view(-1, 64).float().mean(0)
+    assert (per_position - p).abs().max() < 0.03  # 6250 draws per position: 3 sigma is at most 0.019
+    neighbours = torch.corrcoef(torch.stack([dropped.view(-1)[:-1].float(), dropped.view(-1)[1:].float()]))[0, 1]
+    assert abs(neighbours.item()) < 0.01  # no correlation between adjacent bits of one draw
+    assert torch.allclose(y[~dropped], torch.tensor(1 / (1 - p)))  # inverted scaling like nn.Dropout
     assert abs(y.mean().item() - 1.0) < 0.01
     y.sum().backward()
     assert torch.equal(x.grad, y.detach())  # gradient flows through kept units only, same scale
     drop.eval()
     assert drop(x) is x
     assert RandDropout(0.0)(x) is x
+
+
+def test_rand_dropout_is_reproducible_from_the_torch_seed_and_handles_odd_sizes():
+    from kdverify.models import RandDropout
+
+    x = torch.ones(3, 7, 5)  # 105 elements: not a multiple of a word's fields
+    torch.manual_seed(1)
+    a = RandDropout(0.5)(x)
+    torch.manual_seed(1)
+    assert torch.equal(a, RandDropout(0.5)(x))
+    assert a.shape == x.shape and set(a.unique().tolist()) <= {0.0, 2.0}
+    assert torch.equal(RandDropout(1.0)(x), torch.zeros_like(x))  # p = 1 drops everything, no inf or NaN
 
 
 def test_teacher_mlp_keeps_nn_dropout_state_dict_layout():
