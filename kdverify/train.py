@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdverify.cpu_memory import keep_freed_memory
 from kdverify.data import Dataset, Split, augment, balanced_subset, filter_classes, iterate_batches, normalize, \
     split_holdout
 from kdverify.losses import cosine_loss, hint_loss, kd_loss, pool_to_width
@@ -246,6 +247,8 @@ class TrainingRun:
 
     def __init__(self, recipe: Recipe, dataset: Dataset, teacher: TappedModel | None = None) -> None:
         device = dataset.test.images.device
+        if device.type == "cpu":
+            keep_freed_memory()  # no page faults on the buffers every step frees and re-allocates
         self.recipe, self.dataset = recipe, dataset
         self.train, _ = transfer_split(recipe, dataset)
         if len(self.train) == 0:
