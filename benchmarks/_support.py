@@ -435,7 +435,8 @@ def _train_lines(records: list[dict], settings: Settings) -> list[str]:
     lines = [(f"Training throughput: {first['model']}, batch {first['batch']}, {first['optimizer']}, "
              f"+-2 px jitter, synthetic uint8 {first['data']}; torch threads {settings.train_threads} (all cores "
              f"unless --bench-train-threads); per loop {first['warmup_steps']} warm-up steps, then up to "
-             "150 timed steps (fewer when a loop would take over 30 s)")]
+             "150 timed steps (fewer when a loop would take over 30 s); glibc heap thresholds raised for both "
+             f"loops (kdverify.cpu_memory): {'yes' if first.get('keep_freed_memory') else 'no (not glibc)'}")]
     head = ["loop", "threads", "steps", "samples/s", "ms/step p50", "ms/step p90", "what is timed"]
     order = list(TRAIN_LOOPS)
     rows = [[r["loop"], r["threads"], r["steps"], f"{r['samples_per_s']:,.0f}", _fmt_ms(r["p50_ms"]),
