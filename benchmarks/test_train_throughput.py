@@ -4,8 +4,9 @@ Both train the same model (hinton_mlp, 784-1200-1200-10, dropout 0.2/0.5) with t
 recipe (`hinton-teacher`, paper budget: SGD lr 0.01 momentum 0.9, batch 128, +-2 px jitter)
 on the same synthetic MNIST-shaped uint8 data (60000x28x28 random pixels, so no data is needed),
 in one process (glibc heap thresholds raised for both, see `kdverify.cpu_memory`), at torch's
-default thread count (all cores) unless --bench-train-threads says otherwise. Each pytest-benchmark round is one training step (batch fetch included): 150 steps
-after 20 warm-up steps, or fewer (at least 40) when a loop would take over 30 s.
+default thread count (all cores) unless --bench-train-threads says otherwise. Each
+pytest-benchmark round is one training step (batch fetch included): 150 steps after 20 warm-up
+steps, or fewer (at least 40) when a loop would take over 30 s.
 
 - kdverify: `kdverify.train.TrainingRun.step`, the step `fit` runs: one resident uint8 tensor,
   `iterate_batches` (one randperm), `augment(images, "jitter2", gen)` (one gather), `normalize`,

@@ -198,10 +198,12 @@ def export_command(checkpoint: str, out: str | None, opset: int | None, quantize
 @budget_option
 @data_root_option
 @click.option("--cache", type=click.Path(file_okay=False), default=None, help="Model cache folder.")
-@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the measurements as JSON (with --thresholds: the module).")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Write the measurements as JSON (with --thresholds: the module).")
 @click.option("--claim", "claim_ids", multiple=True, help="Only these claim ids (repeatable).")
 @click.option("--thresholds", "threshold_files", multiple=True, type=click.Path(exists=True, dir_okay=False),
-              help="Instead of training: ci_thresholds.py from these calibration JSON files (repeatable; to --out or stdout).")
+              help="Instead of training: ci_thresholds.py from these calibration JSON files "
+                   "(repeatable; to --out or stdout).")
 @_one_line_errors
 def calibrate_command(seeds: tuple[int, ...], budget: str, data_root: str | None, cache: str | None,
                       out: str | None, claim_ids: tuple[str, ...], threshold_files: tuple[str, ...]) -> None:
