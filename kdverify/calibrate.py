@@ -29,9 +29,9 @@ FIXED_CI_THRESHOLDS: dict[str, tuple[str, float, str]] = {
     "hinton.kd_beats_hard": (">=", 10, "KD must save at least 10 test errors (about twice the seed noise)"),
     "hinton.no3.bias_restores_3s": (">=", 0.5, "the shift must remove at least half of the 3-errors"),
     "tutorial.teacher_beats_student": (">", 0, "direction only"),
-    "tutorial.kd_does_not_hurt": (">=", -1.0, "direction, 1 pt allowance for ci noise (8k images, 4 epochs)"),
-    "tutorial.cosine_does_not_hurt": (">=", -1.0, "direction, 1 pt allowance for ci noise (8k images, 4 epochs)"),
-    "tutorial.hint_does_not_hurt": (">=", -1.0, "direction, 1 pt allowance for ci noise (8k images, 4 epochs)"),
+    "tutorial.kd_does_not_hurt": (">=", -1.0, "direction, 1 pt allowance for ci noise (8k images, 4 student epochs)"),
+    "tutorial.cosine_does_not_hurt": (">=", -1.0, "direction, 1 pt allowance for ci noise (8k images, 4 student epochs)"),
+    "tutorial.hint_does_not_hurt": (">=", -1.0, "direction, 1 pt allowance for ci noise (8k images, 4 student epochs)"),
 }
 
 
