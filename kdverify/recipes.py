@@ -102,7 +102,8 @@ _CI_KD_SMALL_SET = {**_CI_KD, "lr": 0.01}
 # The ci CIFAR runs train on a class-balanced 8k subset for 4 epochs (DeepNN runs at ~100 img/s on
 # 2 cores). A 4-epoch teacher reached only 53.8-54.9%, within 0.1-3.5 pt of the 4-epoch student, so
 # the teacher trains 8 epochs (seed 42: 57.96% vs 54.33%): a teacher worth distilling from.
-_CI_CIFAR_TEACHER_EPOCHS = 8
+_CI_CIFAR = dict(epochs=4, train_subset=8000)
+_CI_CIFAR_TEACHER = {**_CI_CIFAR, "epochs": 8}
 
 RECIPES: dict[str, dict[str, Recipe]] = {
     # ---- Hinton et al. 2015, section 3 (paper budget: the public reproduction's settings)
@@ -142,26 +143,26 @@ RECIPES: dict[str, dict[str, Recipe]] = {
     "tutorial-deepnn": _pair(
         Recipe("tutorial-deepnn", "cifar10", "deep_nn", epochs=10, lr=1e-3, optimizer="adam", seed=42,
                note="teacher, CE only, 10 epochs Adam 1e-3 -> 74.69%"),
-        epochs=_CI_CIFAR_TEACHER_EPOCHS, train_subset=8000),
+        **_CI_CIFAR_TEACHER),
     "tutorial-lightnn": _pair(
         Recipe("tutorial-lightnn", "cifar10", "light_nn", epochs=10, lr=1e-3, optimizer="adam", seed=42,
                note="student alone, CE only -> 70.40%"),
-        epochs=4, train_subset=8000),
+        **_CI_CIFAR),
     "tutorial-lightnn-kd": _pair(
         Recipe("tutorial-lightnn-kd", "cifar10", "light_nn", objective="kd", teacher="tutorial-deepnn",
                temperature=2.0, soft_weight=0.25, epochs=10, lr=1e-3, optimizer="adam", seed=42,
                note="KD T=2, 0.25 soft / 0.75 CE -> 70.26%"),
-        epochs=4, train_subset=8000),
+        **_CI_CIFAR),
     "tutorial-lightnn-cosine": _pair(
         Recipe("tutorial-lightnn-cosine", "cifar10", "light_nn", objective="cosine", teacher="tutorial-deepnn",
                soft_weight=0.25, epochs=10, lr=1e-3, optimizer="adam", seed=42,
                note="cosine loss on hidden representation (teacher pooled 2048->1024) -> 70.71%"),
-        epochs=4, train_subset=8000),
+        **_CI_CIFAR),
     "tutorial-lightnn-hint": _pair(
         Recipe("tutorial-lightnn-hint", "cifar10", "light_nn", objective="hint", teacher="tutorial-deepnn",
                soft_weight=0.25, epochs=10, lr=1e-3, optimizer="adam", seed=42,
                note="FitNets regressor conv 16->32, MSE on 32x8x8 feature maps -> 71.50%"),
-        epochs=4, train_subset=8000),
+        **_CI_CIFAR),
 }
 
 

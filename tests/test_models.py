@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from kdverify.models import ARCHITECTURES, BlogCNN, DeepNN, HintonMLP, HintRegressor, LightNN, build_model, \
-    count_parameters, forward_flops
+from kdverify.models import ARCHITECTURES, BlogCNN, DeepNN, HintonMLP, HintRegressor, LightNN, RandDropout, \
+    build_model, count_parameters, forward_flops
 
 
 def test_tutorial_parameter_counts():
@@ -56,8 +56,6 @@ def test_forward_flops():
 @pytest.mark.parametrize("p", [0.5, 0.2, 0.25, 0.1, 0.75])
 def test_rand_dropout_matches_nn_dropout_in_expectation_and_is_identity_in_eval(p: float):
     """Both mask paths: packed bits through the lookup table (0.5, 0.25, 0.75) and 16-bit fields (0.2, 0.1)."""
-    from kdverify.models import RandDropout
-
     torch.manual_seed(0)
     drop = RandDropout(p)
     x = torch.ones(400, 1000, requires_grad=True)
@@ -79,8 +77,6 @@ def test_rand_dropout_matches_nn_dropout_in_expectation_and_is_identity_in_eval(
 
 
 def test_rand_dropout_is_reproducible_from_the_torch_seed_and_handles_odd_sizes():
-    from kdverify.models import RandDropout
-
     x = torch.ones(3, 7, 5)  # 105 elements: not a multiple of a word's fields
     torch.manual_seed(1)
     a = RandDropout(0.5)(x)
