@@ -437,11 +437,12 @@ def _train_lines(records: list[dict], settings: Settings) -> list[str]:
              f"unless --bench-train-threads); per loop {first['warmup_steps']} warm-up steps, then up to "
              "150 timed steps (fewer when a loop would take over 30 s); glibc heap thresholds raised for both "
              f"loops (kdverify.cpu_memory): {'yes' if first.get('keep_freed_memory') else 'no (not glibc)'}")]
-    head = ["loop", "threads", "steps", "samples/s", "ms/step p50", "ms/step p90", "what is timed"]
+    head = ["loop", "threads", "steps", "samples/s", "ms/step p50", "ms/step p90", "faults/step", "what is timed"]
     order = list(TRAIN_LOOPS)
     rows = [[r["loop"], r["threads"], r["steps"], f"{r['samples_per_s']:,.0f}", _fmt_ms(r["p50_ms"]),
-             _fmt_ms(r["p90_ms"]), r["description"]] for r in sorted(records, key=lambda r: order.index(r["loop"]))]
-    lines += ["  " + line for line in _table(head, rows, right={1, 2, 3, 4, 5})]
+             _fmt_ms(r["p90_ms"]), f"{r.get('page_faults_per_step', float('nan')):.1f}", r["description"]]
+            for r in sorted(records, key=lambda r: order.index(r["loop"]))]
+    lines += ["  " + line for line in _table(head, rows, right={1, 2, 3, 4, 5, 6})]
     ours, seed = _find(records, loop="kdverify"), _find(records, loop="seed-style")
     ours_1t, seed_1t = _find(records, loop="kdverify-1t"), _find(records, loop="seed-style-1t")
     lines.append("  Target checks (measured facts, not asserts):")

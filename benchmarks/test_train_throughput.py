@@ -15,7 +15,7 @@ steps, or fewer (at least 40) when a loop would take over 30 s.
   integer (dx, dy) in [-2, 2] with zero fill (PIL affine transform, what torchvision's
   RandomAffine(translate) does), converted by hand exactly like torchvision's ToTensor +
   Normalize (torchvision itself is not a dependency), DataLoader(batch_size=128, shuffle=True,
-  num_workers=2), the seed's model written with stock layers (`seed_style_mlp`: nn.Dropout,
+  num_workers=2), the same architecture with the seed's stock nn.Dropout (`seed_style_mlp`,
   which fills its masks with `bernoulli_`; kdverify's packed-bit dropout is part of what is
   measured), torch.optim.SGD(momentum=0.9) (foreach, the default).
 
@@ -33,6 +33,7 @@ as `achieved_gflops_6x_forward_flops` for reference only.
 from __future__ import annotations
 
 import dataclasses
+import resource
 import time
 
 import numpy as np
@@ -46,7 +47,7 @@ from benchmarks import _support as S
 from kdverify import train as kd_train
 from kdverify.cpu_memory import keep_freed_memory
 from kdverify.data import MNIST_CLASSES, MNIST_NORM, Dataset, Split
-from kdverify.models import build_model, forward_flops
+from kdverify.models import RandDropout, build_model, forward_flops
 from kdverify.recipes import get_recipe
 
 N_TRAIN = 60_000
@@ -148,11 +149,13 @@ class SeedStyleMNIST(torch.utils.data.Dataset):
         return self.normalize(self.to_tensor(img)), int(self.targets[i])
 
 
-def seed_style_mlp(hidden: int, input_dropout: float, hidden_dropout: float) -> nn.Module:
-    """The Hinton teacher as the seed writes it: stock nn.Linear / nn.ReLU / nn.Dropout in a Sequential."""
-    return nn.Sequential(nn.Flatten(), nn.Dropout(input_dropout), nn.Linear(784, hidden), nn.ReLU(),
-                         nn.Dropout(hidden_dropout), nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(hidden_dropout),
-                         nn.Linear(hidden, 10))
+def seed_style_mlp(recipe) -> nn.Module:  # noqa: ANN001
+    """kdverify's architecture with the seed's dropout: every RandDropout swapped for a stock nn.Dropout."""
+    model = build_model(recipe.arch, **recipe.arch_kwargs)
+    for name, module in list(model.named_modules()):
+        if isinstance(module, RandDropout):
+            model.set_submodule(name, nn.Dropout(module.p))
+    return model
 
 
 def seed_style_step(recipe, dataset: Dataset):  # noqa: ANN001, ANN201
@@ -161,7 +164,7 @@ def seed_style_step(recipe, dataset: Dataset):  # noqa: ANN001, ANN201
     loader = torch.utils.data.DataLoader(ds, batch_size=recipe.batch_size, shuffle=True, num_workers=SEED_WORKERS,
                                          generator=torch.Generator().manual_seed(0))
     torch.manual_seed(recipe.seed)
-    model = seed_style_mlp(**recipe.arch_kwargs)
+    model = seed_style_mlp(recipe)
     optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum)
     state = {"it": iter(loader)}
     model.train()
@@ -204,11 +207,13 @@ def test_train_step(benchmark, synthetic_mnist: Dataset, bench_settings: S.Setti
     else:
         step, state = seed_style_step(recipe, synthetic_mnist)
         description = (f"DataLoader({SEED_WORKERS} workers, shuffle): PIL shift + ToTensor/Normalize per sample; "
-                       "stock nn layers fwd/bwd/SGD" + (" (1 torch thread)" if threads == 1 else ""))
+                       "stock nn.Dropout fwd/bwd/SGD" + (" (1 torch thread)" if threads == 1 else ""))
     try:
         with S.torch_threads(threads):
             steps, warmup = _warm_up(step, bench_settings)
+            faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             benchmark.pedantic(step, rounds=steps, iterations=1, warmup_rounds=0)
+            info["page_faults_per_step"] = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before) / steps
     finally:
         if state is not None:
             shutdown = getattr(state["it"], "_shutdown_workers", None)  # stop the workers before the next benchmark
