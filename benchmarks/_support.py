@@ -206,8 +206,8 @@ def load_zoo_model(recipe_name: str, pair: str, role: str, cache_dir: Path) -> Z
     from kdverify.models import build_model, count_parameters, forward_flops
     from kdverify.recipes import get_recipe
 
-    # The paper budget's architecture (the ci teacher may use lighter dropout; inference runs in eval mode).
-    recipe = get_recipe(recipe_name, "paper")
+    # The original recipe's architecture (the fast teacher uses lighter dropout; inference runs in eval mode).
+    recipe = get_recipe(recipe_name, "original")
     input_shape = INPUT_SHAPES[recipe.dataset]
     mean, std = MNIST_NORM if recipe.dataset == "mnist" else CIFAR_NORM
     model, weights, errors, total = None, "", None, None

@@ -56,7 +56,7 @@ STEPS, WARMUP_STEPS = 150, 20
 # machine) gets fewer timed steps, never fewer than MIN_STEPS, so the whole run stays within 5 minutes.
 TIME_BUDGET_S, MIN_STEPS = 30.0, 40
 FIT_CHECK_STEPS = 40  # kdverify.train.fit end to end on 40 batches: a cross-check of the piecewise timing
-RECIPE = get_recipe("hinton-teacher", "paper")  # the blog's recipe: SGD 0.01, momentum 0.9, batch 128, jitter2
+RECIPE = get_recipe("hinton-teacher", "original")  # the blog's recipe: SGD 0.01, momentum 0.9, batch 128, jitter2
 SEED_WORKERS = 2
 
 

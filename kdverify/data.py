@@ -304,41 +304,80 @@ def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float])
     return torch.addcmul(-mean_t / std_t, images.float(), 1.0 / (255.0 * std_t))
 
 
-def random_translate(images: torch.Tensor, max_shift: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Shift each image by its own random integer (dy, dx) in [-max_shift, max_shift], zero fill.
+def translate(images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, max_shift: int) -> torch.Tensor:
+    """Shift image i by (dy[i], dx[i]) - max_shift pixels, zero fill: one gather over the padded batch.
 
-    One gather over the zero-padded batch; equals torchvision's RandomAffine(translate) with
-    integer shifts (or RandomCrop(padding=max_shift)) without a PIL image per sample.
+    Equals torchvision's RandomAffine(translate) with integer shifts (or RandomCrop(padding))
+    without a PIL image per sample.
     """
-    if max_shift <= 0:
-        return images
     b, c, h, w = images.shape
     padded = F.pad(images, (max_shift,) * 4)
     wp = w + 2 * max_shift
-    shifts = torch.randint(0, 2 * max_shift + 1, (2, b), generator=generator).to(images.device)
     window = (torch.arange(h, device=images.device)[:, None] * wp + torch.arange(w, device=images.device)).view(1, -1)
-    index = (window + (shifts[0] * wp + shifts[1])[:, None])[:, None, :].expand(b, c, h * w)
+    index = (window + (dy * wp + dx)[:, None])[:, None, :].expand(b, c, h * w)
     return padded.view(b, c, -1).gather(2, index).view(b, c, h, w)
 
 
-def random_flip(images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Mirror a random half of the batch left-right."""
-    flip = torch.rand(images.shape[0], generator=generator).to(images.device) < 0.5
-    return torch.where(flip[:, None, None, None], images.flip(3), images)
+@dataclass(frozen=True)
+class Augmentation:
+    """A finite family of image variants (integer shifts, optional mirror), drawn per sample.
+
+    Every augmented image is one of `variants` copies of its source, named by a variant id, so a
+    fixed teacher's outputs on all of them can be computed once and looked up by (variant, index)
+    instead of running the teacher on every batch of every epoch.
+    """
+
+    name: str
+    max_shift: int = 0
+    flip: bool = False
+
+    @property
+    def variants(self) -> int:
+        return (2 * self.max_shift + 1) ** 2 * (2 if self.flip else 1)
+
+    def draw(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Variant ids for a batch (int64, on the CPU): shifts first, then the mirror coin."""
+        ids = torch.zeros(batch, dtype=torch.int64)
+        if self.max_shift:
+            shifts = torch.randint(0, 2 * self.max_shift + 1, (2, batch), generator=generator)
+            ids = shifts[0] * (2 * self.max_shift + 1) + shifts[1]
+        if self.flip:
+            ids = ids * 2 + (torch.rand(batch, generator=generator) < 0.5).long()
+        return ids
+
+    def apply(self, images: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """The variants `ids` of `images` (uint8 or float, (B, C, H, W))."""
+        ids, mirror = ids.to(images.device), None
+        if self.flip:
+            mirror, ids = ids % 2 == 1, ids // 2
+        if self.max_shift:
+            side = 2 * self.max_shift + 1
+            images = translate(images, ids // side, ids % side, self.max_shift)
+        if mirror is not None:
+            images = torch.where(mirror[:, None, None, None], images.flip(3), images)
+        return images
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.apply(images, self.draw(images.shape[0], generator))
 
 
-AUGMENTATIONS = ("none", "jitter2", "crop4-flip")
+AUGMENTATIONS: dict[str, Augmentation] = {a.name: a for a in (
+    Augmentation("none"),
+    Augmentation("jitter2", max_shift=2),  # Hinton / blog MNIST: up to 2 px each way
+    Augmentation("flip", flip=True),  # CIFAR mirror only: 2 variants, so a teacher's outputs can be cached
+    Augmentation("crop4-flip", max_shift=4, flip=True),  # standard CIFAR: pad-4 crop + mirror
+)}
+
+
+def get_augmentation(kind: str) -> Augmentation:
+    if kind not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation {kind!r}; known: {', '.join(AUGMENTATIONS)}")
+    return AUGMENTATIONS[kind]
 
 
 def augment(images: torch.Tensor, kind: str, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Named augmentations: 'jitter2' (Hinton/blog MNIST), 'crop4-flip' (standard CIFAR), 'none'."""
-    if kind == "none":
-        return images
-    if kind == "jitter2":
-        return random_translate(images, 2, generator)
-    if kind == "crop4-flip":
-        return random_flip(random_translate(images, 4, generator), generator)
-    raise ValueError(f"unknown augmentation {kind!r}; known: {', '.join(AUGMENTATIONS)}")
+    """Named augmentations (see AUGMENTATIONS), batched on the images' device."""
+    return get_augmentation(kind)(images, generator)
 
 
 def iterate_batches(split: Split, batch_size: int, generator: torch.Generator | None = None,

@@ -7,8 +7,21 @@ import pytest
 import torch
 
 from kdverify import data
-from kdverify.data import (Split, augment, balanced_subset, filter_classes, iterate_batches, load_cifar10, load_mnist,
-                           normalize, random_flip, random_translate, resolve_data_root, split_holdout)
+from kdverify.data import (
+    AUGMENTATIONS,
+    Split,
+    augment,
+    balanced_subset,
+    filter_classes,
+    get_augmentation,
+    iterate_batches,
+    load_cifar10,
+    load_mnist,
+    normalize,
+    resolve_data_root,
+    split_holdout,
+    translate,
+)
 from kdverify.errors import DataError
 
 
@@ -28,31 +41,73 @@ def test_normalize_matches_formula():
     torch.testing.assert_close(normalize(x, mean, std), expected)
 
 
-def test_translate_is_an_integer_shift_with_zero_fill():
-    x = torch.randint(1, 256, (64, 1, 28, 28), dtype=torch.uint8)
-    y = random_translate(x, 2, torch.Generator().manual_seed(0))
-    assert y.shape == x.shape and y.dtype == torch.uint8
-    for b in range(64):
-        matches = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
-                   if torch.equal(torch.nn.functional.pad(x[b], (2, 2, 2, 2))[:, 2 + dy:30 + dy, 2 + dx:30 + dx], y[b])]
-        assert len(matches) == 1
-    # every one of the 25 shifts occurs over a large batch
-    big = torch.randint(1, 256, (2000, 1, 8, 8), dtype=torch.uint8)
-    shifted = random_translate(big, 2, torch.Generator().manual_seed(1))
-    zero_rows = (shifted == 0).all(dim=3).sum(dim=(1, 2))
-    zero_cols = (shifted == 0).all(dim=2).sum(dim=(1, 2))
-    assert set(zero_rows.tolist()) == {0, 1, 2} and set(zero_cols.tolist()) == {0, 1, 2}
+def _shifted(x, dy, dx, pad):
+    """Reference: the image moved so that output[r, c] = input[r + dy, c + dx], zero outside."""
+    h, w = x.shape[-2:]
+    return torch.nn.functional.pad(x, (pad,) * 4)[..., pad + dy:pad + dy + h, pad + dx:pad + dx + w]
 
 
-def test_flip_and_named_augmentations():
-    x = torch.arange(2 * 3 * 4 * 4, dtype=torch.uint8).view(2, 3, 4, 4).repeat(50, 1, 1, 1)
-    y = random_flip(x, torch.Generator().manual_seed(0))
-    flipped = (y == x.flip(3)).flatten(1).all(1)
-    kept = (y == x).flatten(1).all(1)
-    assert bool((flipped | kept).all()) and 20 < int(flipped.sum()) < 80
+def test_jitter2_variant_v_is_the_shift_v_div_5_minus_2_v_mod_5_minus_2():
+    x = torch.randint(1, 256, (3, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    jitter = get_augmentation("jitter2")
+    assert jitter.variants == 25
+    outputs = []
+    for v in range(25):
+        y = jitter.apply(x, torch.full((3,), v))
+        assert y.dtype == torch.uint8 and y.shape == x.shape
+        dy, dx = v // 5 - 2, v % 5 - 2
+        assert torch.equal(y, _shifted(x, dy, dx, 2)), f"variant {v} is not the shift {(dy, dx)}"
+        assert torch.equal(y, translate(x, torch.full((3,), v // 5), torch.full((3,), v % 5), 2))
+        outputs.append(y)
+    assert torch.equal(outputs[12], x)  # the middle variant is the identity
+    assert len({o.numpy().tobytes() for o in outputs}) == 25  # 25 different images, no two shifts alike
+    # per-sample ids: each image of a batch gets its own variant
+    ids = torch.tensor([0, 12, 24])
+    y = jitter.apply(x, ids)
+    for i, v in enumerate(ids.tolist()):
+        assert torch.equal(y[i], _shifted(x[i:i + 1], v // 5 - 2, v % 5 - 2, 2)[0])
+
+
+def test_draw_covers_every_variant_and_the_same_generator_gives_the_same_output():
+    for name, variants in (("none", 1), ("jitter2", 25), ("flip", 2), ("crop4-flip", 162)):
+        aug = get_augmentation(name)
+        assert aug.variants == variants
+        ids = aug.draw(20_000, torch.Generator().manual_seed(0))
+        assert ids.dtype == torch.int64 and ids.shape == (20_000,)
+        counts = torch.bincount(ids, minlength=variants)
+        assert len(counts) == variants and bool((counts > 0).all()), f"{name}: some variant is never drawn"
+        assert counts.max() < 2 * counts.min() or variants == 1  # roughly uniform
+    x = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    for name in ("jitter2", "flip", "crop4-flip"):
+        a = augment(x, name, torch.Generator().manual_seed(7))
+        assert torch.equal(a, augment(x, name, torch.Generator().manual_seed(7)))
+        assert not torch.equal(a, augment(x, name, torch.Generator().manual_seed(8)))
+
+
+def test_flip_variant_one_mirrors_and_crop_flip_shifts_then_mirrors():
+    x = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    flip = get_augmentation("flip")
+    assert torch.equal(flip.apply(x, torch.zeros(4, dtype=torch.int64)), x)
+    assert torch.equal(flip.apply(x, torch.ones(4, dtype=torch.int64)), x.flip(3))
+    assert torch.equal(flip.apply(x, torch.tensor([0, 1, 1, 0])), torch.stack([x[0], x[1].flip(2), x[2].flip(2), x[3]]))
+    crop = get_augmentation("crop4-flip")
+    for shift in (0, 40, 80, 3 * 9 + 7):  # shift id = (dy + 4) * 9 + (dx + 4)
+        dy, dx = shift // 9 - 4, shift % 9 - 4
+        plain = crop.apply(x, torch.full((4,), 2 * shift))
+        assert torch.equal(plain, _shifted(x, dy, dx, 4))
+        assert torch.equal(crop.apply(x, torch.full((4,), 2 * shift + 1)), plain.flip(3))
+    # about half of a drawn batch is mirrored, the rest kept
+    many = x.repeat(50, 1, 1, 1)
+    y = augment(many, "flip", torch.Generator().manual_seed(0))
+    flipped, kept = (y == many.flip(3)).flatten(1).all(1), (y == many).flatten(1).all(1)
+    assert bool((flipped | kept).all()) and 70 < int(flipped.sum()) < 130
+
+
+def test_named_augmentations():
+    x = torch.zeros(2, 1, 4, 4, dtype=torch.uint8)
     assert augment(x, "none") is x
-    assert augment(x, "crop4-flip", torch.Generator().manual_seed(0)).shape == x.shape
-    with pytest.raises(ValueError, match="unknown augmentation"):
+    assert set(AUGMENTATIONS) == {"none", "jitter2", "flip", "crop4-flip"}
+    with pytest.raises(ValueError, match="unknown augmentation 'rotate'"):
         augment(x, "rotate")
 
 
