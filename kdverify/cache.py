@@ -2,8 +2,9 @@
 
 A cache entry is an ordinary kdverify checkpoint whose name carries a key: the hash of the
 recipe's canonical form, the data variant and checksum, the trainer's version and (for a
-student) its teacher's key. A changed recipe or trainer gets a new key, so stale entries are
-never read; an entry that fails to load, or whose stored key disagrees, is retrained.
+student) the sha256 of its teacher's weights. A changed recipe, trainer or teacher gets a new key,
+so stale entries are never read; an entry that fails to load, whose stored key disagrees, or
+whose weights no longer hash to what was recorded when it was written, is retrained.
 """
 
 from __future__ import annotations
@@ -16,95 +17,162 @@ from typing import Any
 
 import torch
 
-from kdverify.checkpoint import CheckpointError, checkpoint_payload, load_checkpoint, save_checkpoint
+from kdverify.checkpoint import CheckpointError, checkpoint_payload, load_checkpoint, machine_description, \
+    save_checkpoint, state_digest
 from kdverify.data import Dataset, default_cache_dir
 from kdverify.models import TappedModel
-from kdverify.recipes import Recipe, get_recipe
-from kdverify.train import TRAINER_VERSION, EpochRecord, Evaluation, ProgressFn, TrainResult, fit, print_progress
+from kdverify.pinned import load_pinned
+from kdverify.recipes import PINNED_BUDGETS, PINNED_TEACHERS, Recipe, get_recipe
+from kdverify.train import TRAINER_VERSION, EpochRecord, Evaluation, ProgressFn, TrainResult, evaluate, fit, \
+    print_progress
 
 
 @dataclass
 class Trained:
-    """A trained model with what the claims need to judge it."""
+    """A trained model with what the claims need to judge it, and how it was obtained."""
 
     model: TappedModel
     recipe: Recipe
     key: str
     evaluation: Evaluation
     history: list[EpochRecord] = field(default_factory=list)
-    seconds: float = 0.0  # training time when it was trained (0 for nothing new)
-    from_cache: bool = False
+    seconds: float = 0.0  # training time when it was trained (also for cached and pinned models)
+    source: str = "trained"  # trained | cache | pinned
+    weights: str = ""  # sha256 of the weights (state_digest): what a student's key names its teacher by
+    machine: str = ""  # where it was trained
+
+    @property
+    def from_cache(self) -> bool:
+        return self.source == "cache"
+
+    @property
+    def provenance(self) -> str:
+        """One phrase for reports: pinned teacher + sha256 prefix, trained now, or from cache."""
+        how = {"trained": "trained now", "cache": "from cache", "pinned": "pinned"}[self.source]
+        return f"{self.recipe.name} s{self.recipe.seed}: {how} ({self.weights[:12]}, {self.seconds:.0f} s to train)"
 
 
 def result_metrics(result: TrainResult, key: str) -> dict[str, Any]:
-    """What a checkpoint records about its training: errors, confusion, curve, time, cache key."""
+    """What a checkpoint records about its training: errors, confusion, curve, time, cache key, weights."""
     return {
         "cache_key": key,
+        "weights_sha256": state_digest(result.model),
         "test": result.evaluation.to_dict(),
         "history": [vars(r) for r in result.history],
         "train_seconds": result.seconds,
+        "machine": machine_description(next(result.model.parameters()).device),
+        "trainer_version": TRAINER_VERSION,
     }
 
 
-def trained_from_metrics(model: TappedModel, recipe: Recipe, metrics: dict[str, Any]) -> Trained:
-    confusion = torch.tensor(metrics["test"]["confusion"], dtype=torch.int64)
-    history = [EpochRecord(**h) for h in metrics.get("history", [])]
-    return Trained(model, recipe, metrics["cache_key"], Evaluation(confusion), history,
-                   float(metrics.get("train_seconds", 0.0)), from_cache=True)
-
-
 class ModelCache:
-    """Get-or-train for recipes of one budget on one dataset per name."""
+    """Get-or-train for recipes of one budget; in `ci`, teachers come pinned with the package.
+
+    A student's key names its teacher by the teacher's weights, so a student of the pinned teacher
+    and one of the same teacher trained by the `paper` budget are the same entry.
+    """
 
     def __init__(self, root: str | os.PathLike | None, datasets: dict[str, Dataset], budget: str = "ci",
                  progress: ProgressFn | None = print_progress, teacher_seed_offset: int = 0) -> None:
         self.root = Path(root) if root else default_cache_dir() / "models"
         self.datasets, self.budget, self.progress = datasets, budget, progress
-        self.teacher_seed_offset = teacher_seed_offset  # calibration runs re-seed the teachers too
+        self.teacher_seed_offset = teacher_seed_offset  # calibration runs re-seed trained teachers too
         self._memory: dict[str, Trained] = {}
+
+    def uses_pinned(self, recipe: Recipe) -> bool:
+        return self.budget in PINNED_BUDGETS and recipe.name in PINNED_TEACHERS
 
     def teacher_of(self, recipe: Recipe) -> Recipe | None:
         if not recipe.teacher:
             return None
         teacher = get_recipe(recipe.teacher, self.budget)
-        return teacher.with_seed(teacher.seed + self.teacher_seed_offset)
+        return teacher if self.uses_pinned(teacher) else teacher.with_seed(teacher.seed + self.teacher_seed_offset)
 
-    def key(self, recipe: Recipe) -> str:
+    def key(self, recipe: Recipe, teacher: Trained | None = None) -> str:
         dataset = self.datasets[recipe.dataset]
         parts = [recipe.fingerprint(), dataset.variant, dataset.checksum, TRAINER_VERSION]
         if recipe.teacher:
-            parts.append(self.key(self.teacher_of(recipe)))
+            if teacher is None:
+                raise ValueError(f"{recipe.name}: the key of a student names its teacher's weights")
+            parts.append(teacher.weights)
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
-    def path(self, recipe: Recipe) -> Path:
-        return self.root / f"{recipe.name}-seed{recipe.seed}-{self.key(recipe)}.pt"
+    def path(self, recipe: Recipe, key: str) -> Path:
+        return self.root / f"{recipe.name}-seed{recipe.seed}-{key}.pt"
 
     def trained(self) -> list[Trained]:
         """Everything trained or loaded so far (for reports)."""
         return list(self._memory.values())
 
     def get(self, recipe: Recipe) -> Trained:
-        """The trained model for `recipe`, from memory, disk, or by training it (teacher first)."""
-        key = self.key(recipe)
+        """The model for `recipe`: pinned, from memory, from disk, or trained now (teacher first)."""
+        if self.uses_pinned(recipe):
+            return self._pinned(recipe)
+        teacher = self.get(self.teacher_of(recipe)) if recipe.teacher else None
+        key = self.key(recipe, teacher)
         if key in self._memory:
             return self._memory[key]
         dataset = self.datasets[recipe.dataset]
         device = dataset.test.images.device
-        path = self.path(recipe)
-        trained = None
-        if path.is_file():
-            try:
-                ckpt = load_checkpoint(path, map_location=device)
-                if ckpt.metrics.get("cache_key") == key:
-                    trained = trained_from_metrics(ckpt.model.to(device), recipe, ckpt.metrics)
-            except (CheckpointError, KeyError, TypeError, ValueError):
-                trained = None  # corrupted or foreign entry: retrain, never trust it
+        path = self.path(recipe, key)
+        trained = self._load(path, recipe, key, device) if path.is_file() else None
         if trained is None:
-            teacher = self.get(self.teacher_of(recipe)).model if recipe.teacher else None
-            result = fit(recipe, dataset, teacher=teacher, progress=self.progress)
-            payload = checkpoint_payload(result.model, recipe.arch, recipe.arch_kwargs, dataset,
-                                         recipe.to_dict(), result_metrics(result, key))
+            result = fit(recipe, dataset, teacher=teacher.model if teacher else None, progress=self.progress)
+            metrics = result_metrics(result, key)
+            payload = checkpoint_payload(result.model, recipe.arch, recipe.arch_kwargs, dataset, recipe.to_dict(),
+                                         metrics)
             save_checkpoint(path, payload, force=True)
-            trained = Trained(result.model, recipe, key, result.evaluation, result.history, result.seconds)
+            trained = Trained(result.model, recipe, key, result.evaluation, result.history, result.seconds,
+                              "trained", metrics["weights_sha256"], metrics["machine"])
         self._memory[key] = trained
         return trained
+
+    def adopt(self, checkpoint: str | os.PathLike) -> Path:
+        """Make a model trained elsewhere by `kdverify train` (a long run in the background, in parts)
+        this budget's cache entry for its recipe; refused when its recipe is not this budget's."""
+        ckpt = load_checkpoint(checkpoint)
+        recipe = Recipe.from_dict(ckpt.recipe)
+        expected = get_recipe(recipe.name, self.budget).with_seed(recipe.seed)
+        if recipe.fingerprint() != expected.fingerprint():
+            raise CheckpointError(f"{checkpoint}: trained with recipe {recipe.fingerprint()}, but {recipe.name} "
+                                  f"in the {self.budget} budget is {expected.fingerprint()}")
+        if recipe.teacher:
+            raise CheckpointError(f"{checkpoint}: only models without a teacher can be adopted")
+        key = self.key(recipe)
+        metrics = {**ckpt.metrics, "cache_key": key, "weights_sha256": state_digest(ckpt.model)}
+        dataset = self.datasets[recipe.dataset]
+        if ckpt.dataset_variant != dataset.variant:
+            raise CheckpointError(f"{checkpoint}: trained on {ckpt.dataset_variant}, this data is {dataset.variant}")
+        path = self.path(recipe, key)
+        save_checkpoint(path, checkpoint_payload(ckpt.model, ckpt.arch, ckpt.arch_kwargs, dataset, ckpt.recipe,
+                                                 metrics), force=True)
+        return path
+
+    def _load(self, path: Path, recipe: Recipe, key: str, device: torch.device) -> Trained | None:
+        """A cache entry, or None when it is unreadable, foreign or its weights no longer match its record."""
+        try:
+            ckpt = load_checkpoint(path, map_location=device)
+            metrics = ckpt.metrics
+            if metrics.get("cache_key") != key or metrics.get("weights_sha256") != state_digest(ckpt.model):
+                return None
+            return Trained(ckpt.model.to(device), recipe, key, Evaluation(torch.tensor(metrics["test"]["confusion"])),
+                           [EpochRecord(**h) for h in metrics.get("history", [])],
+                           float(metrics.get("train_seconds", 0.0)), "cache", metrics["weights_sha256"],
+                           metrics.get("machine", ""))
+        except (CheckpointError, KeyError, TypeError, ValueError):
+            return None  # corrupted or foreign entry: retrain, never trust it
+
+    def _pinned(self, recipe: Recipe) -> Trained:
+        """The shipped checkpoint, evaluated now on this machine's data (its stored numbers are not trusted)."""
+        memo = f"pinned:{recipe.name}"
+        if memo not in self._memory:
+            dataset = self.datasets[recipe.dataset]
+            device = dataset.test.images.device
+            ckpt = load_pinned(recipe, device)
+            model = ckpt.model.to(device)
+            metrics = ckpt.metrics
+            self._memory[memo] = Trained(
+                model, recipe, ckpt.sha256[:16], evaluate(model, dataset.test, dataset.mean, dataset.std),
+                [EpochRecord(**h) for h in metrics.get("history", [])], float(metrics.get("train_seconds", 0.0)),
+                "pinned", state_digest(model), metrics.get("machine", ""))
+        return self._memory[memo]

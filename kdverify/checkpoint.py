@@ -48,6 +48,34 @@ def library_versions() -> dict[str, str]:
     return {"kdverify": kdverify.__version__, "torch": str(torch.__version__), "python": platform.python_version()}
 
 
+def machine_description(device: torch.device | str = "cpu") -> str:
+    """What trained or measured something: GPU name, or CPU model, cores and vector ISA (results differ by ISA)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model, flags = platform.processor() or platform.machine(), ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model in (platform.processor(), platform.machine()):
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = line
+    except OSError:
+        pass
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else ""
+    return ", ".join(x for x in (model, f"{os.cpu_count()} CPUs", isa, f"{torch.get_num_threads()} threads") if x)
+
+
+def state_digest(model: torch.nn.Module) -> str:
+    """sha256 of the weights themselves (names, dtypes, shapes, bytes): identical models, identical digest."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def checkpoint_payload(model: TappedModel, arch: str, arch_kwargs: dict[str, Any], dataset: Dataset,
                        recipe: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None) -> dict:
     """The dict that is saved: nothing in it needs a class to unpickle."""

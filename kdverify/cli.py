@@ -15,6 +15,7 @@ import click
 import torch
 
 from kdverify.errors import KdverifyError
+from kdverify.recipes import BUDGETS
 
 
 def _one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -45,8 +46,9 @@ def resolve_device(name: str) -> torch.device:
 data_root_option = click.option("--data-root", type=click.Path(file_okay=False), default=None,
                                 help="Folder in torchvision's layout (default: $KDVERIFY_DATA, else the user cache).")
 device_option = click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
-budget_option = click.option("--budget", type=click.Choice(["ci", "paper"]), default="ci", show_default=True,
-                             help="ci: CPU-feasible schedule; paper: the reference work's own recipe.")
+budget_option = click.option("--budget", type=click.Choice(list(BUDGETS)), default="ci", show_default=True,
+                             help="ci/paper: kdverify's fast recipes (ci distils from the pinned teachers); "
+                                  "original: the reference work's own recipe.")
 
 
 @click.group()
@@ -59,11 +61,11 @@ def main() -> None:
 @budget_option
 def recipes_command(budget: str) -> None:
     """List the training recipes (names for --recipe)."""
-    from kdverify.recipes import RECIPES
+    from kdverify.recipes import RECIPES, get_recipe
 
     click.echo(f"{'name':<26} {'dataset':<8} {'arch':<11} {'objective':<9} {'epochs':>6} {'teacher':<16} note")
-    for name, budgets in RECIPES.items():
-        r = budgets[budget]
+    for name in RECIPES:
+        r = get_recipe(name, budget)
         click.echo(f"{name:<26} {r.dataset:<8} {r.arch:<11} {r.objective:<9} {r.epochs:>6} "
                    f"{r.teacher or '-':<16} {r.note}")
 
@@ -192,30 +194,63 @@ def export_command(checkpoint: str, out: str | None, opset: int | None, quantize
                       data_root=data_root, log=click.echo)
 
 
+@main.command("pin")
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.option("--trainer-version", default=None,
+              help="Trainer version that trained it (default: recorded in the checkpoint, else the current one).")
+@click.option("--force", is_flag=True, help="Replace a teacher that is already pinned.")
+@_one_line_errors
+def pin_command(checkpoint: str, trainer_version: str | None, force: bool) -> None:
+    """Ship a teacher trained with its fast recipe (`paper` budget) as the pinned teacher `ci` distils from."""
+    from kdverify.checkpoint import load_checkpoint, machine_description
+    from kdverify.pinned import pin_teacher
+    from kdverify.recipes import PINNED_TEACHERS, get_recipe
+    from kdverify.train import TRAINER_VERSION
+
+    ckpt = load_checkpoint(checkpoint)
+    name = str(ckpt.recipe.get("name"))
+    if name not in PINNED_TEACHERS:
+        raise KdverifyError(f"{checkpoint} is a {name!r} model; ci pins only the teachers {', '.join(PINNED_TEACHERS)}")
+    recipe = get_recipe(name, "paper")
+    entry = pin_teacher(checkpoint, recipe, trainer_version or ckpt.metrics.get("trainer_version", TRAINER_VERSION),
+                        ckpt.metrics.get("machine") or machine_description(), force=force)
+    click.echo(f"pinned {recipe.name}: {entry['file']} sha256 {entry['sha256'][:16]}, "
+               f"{entry['test_errors']}/{entry['test_total']} test errors")
+
+
+@main.command("cache-add")
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@budget_option
+@click.option("--cache", type=click.Path(file_okay=False), default=None, help="Model cache folder.")
+@data_root_option
+@_one_line_errors
+def cache_add_command(checkpoint: str, budget: str, cache: str | None, data_root: str | None) -> None:
+    """Adopt a model trained by `kdverify train` (e.g. a long teacher run) as the budget's cache entry."""
+    from kdverify.cache import ModelCache
+    from kdverify.checkpoint import load_checkpoint
+    from kdverify.data import load_dataset
+
+    dataset_name = str(load_checkpoint(checkpoint).recipe.get("dataset"))
+    datasets = {dataset_name: load_dataset(dataset_name, data_root)}
+    click.echo(f"cached as {ModelCache(cache, datasets, budget).adopt(checkpoint)}")
+
+
 @main.command("calibrate")
 @click.option("--seeds", "seeds", type=int, multiple=True, default=(0, 3, 6), show_default=True,
-              help="Seed offsets (repeat the option); every recipe, teachers included, is trained at each.")
+              help="Seed offsets (repeat the option); every recipe the budget trains is trained at each.")
 @budget_option
 @data_root_option
 @click.option("--cache", type=click.Path(file_okay=False), default=None, help="Model cache folder.")
-@click.option("--out", type=click.Path(dir_okay=False), default=None,
-              help="Write the measurements as JSON (with --thresholds: the module).")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the measurements as JSON.")
+@click.option("--force", is_flag=True, help="Overwrite an existing --out file.")
 @click.option("--claim", "claim_ids", multiple=True, help="Only these claim ids (repeatable).")
-@click.option("--thresholds", "threshold_files", multiple=True, type=click.Path(exists=True, dir_okay=False),
-              help="Instead of training: ci_thresholds.py from these calibration JSON files "
-                   "(repeatable; to --out or stdout).")
 @_one_line_errors
 def calibrate_command(seeds: tuple[int, ...], budget: str, data_root: str | None, cache: str | None,
-                      out: str | None, claim_ids: tuple[str, ...], threshold_files: tuple[str, ...]) -> None:
-    """Measure every claim at several seeds: how the ci thresholds were set, and how to re-check them."""
-    from kdverify.calibrate import calibrate, write_thresholds
+                      out: str | None, force: bool, claim_ids: tuple[str, ...]) -> None:
+    """Measure every claim at several seeds: values, and the worst seed's margin to its fixed threshold."""
+    from kdverify.calibrate import calibrate
 
-    if threshold_files:
-        source = write_thresholds([Path(f) for f in threshold_files], Path(out) if out else None)
-        if not out:
-            click.echo(source, nl=False)
-        return
-    calibrate(seeds, budget, data_root, cache, Path(out) if out else None, claim_ids or None)
+    calibrate(seeds, budget, data_root, cache, Path(out) if out else None, claim_ids or None, force=force)
 
 
 if __name__ == "__main__":

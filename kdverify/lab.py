@@ -34,6 +34,7 @@ class ClaimsLab:
         self._data_errors: dict[str, str] = {}
         self.cache = ModelCache(self.cache_dir, self._datasets, budget, progress, teacher_seed_offset=seed_offset)
         self.verdicts: list[Verdict] = []
+        self._touched: dict[str, Trained] = {}  # models the claim being checked asked for
 
     def dataset(self, name: str) -> Dataset:
         """Load once; a missing dataset raises the same DataError every time it is asked for."""
@@ -51,23 +52,30 @@ class ClaimsLab:
         """The trained model of a recipe at this budget (seed: override, before the lab's offset)."""
         base = get_recipe(recipe, self.budget)
         self.dataset(base.dataset)
-        return self.cache.get(base.with_seed((base.seed if seed is None else seed) + self.seed_offset))
+        model = self.cache.get(base.with_seed((base.seed if seed is None else seed) + self.seed_offset))
+        teacher = self.cache.get(self.cache.teacher_of(model.recipe)) if base.teacher else None
+        for m in (teacher, model):
+            if m is not None:
+                self._touched.setdefault(m.provenance, m)
+        return model
 
     def check(self, claim: Claim) -> Verdict:
         """Measure a claim, judge it at this budget, and record the verdict."""
         started = time.perf_counter()
         dataset_name = self._dataset_of(claim)
         variant = self.dataset(dataset_name).variant if dataset_name else ""
+        self._touched = {}
         measurement = measure(claim, self)
-        verdict, threshold = judge(claim, measurement, self.budget)
+        verdict, threshold = judge(claim, measurement, variant)
+        provenance = "; ".join(self._touched) or "no training"
         result = Verdict(claim, self.budget, measurement.value, threshold, verdict, measurement.detail,
-                         time.perf_counter() - started, str(self.device), variant)
+                         time.perf_counter() - started, str(self.device), variant, provenance)
         self.verdicts.append(result)
         return result
 
     def skip(self, claim: Claim, reason: str) -> Verdict:
-        result = Verdict(claim, self.budget, None, claim.thresholds.get(self.budget), "SKIP", reason,
-                         0.0, str(self.device), "")
+        """Record a claim that could not be measured here (no data): shown as SKIP with the reason."""
+        result = Verdict(claim, self.budget, None, claim.threshold, "SKIP", reason, 0.0, str(self.device), "")
         self.verdicts.append(result)
         return result
 

@@ -1,54 +1,57 @@
-"""The rules that turn per-seed measurements into ci thresholds (no training here)."""
-
-import json
+"""`kdverify calibrate`: the per-claim margins it prints, and its --out refusal (no training here)."""
 
 import pytest
+from click.testing import CliRunner
 
-from kdverify.calibrate import margin_threshold, merge, render_thresholds, threshold_entry
-from kdverify.claims import CLAIMS_BY_ID
-
-
-def test_error_counts_get_worst_seed_times_1_1_plus_3():
-    assert margin_threshold(CLAIMS_BY_ID["hinton.teacher"], [120, 134, 128]) == ("<=", 151.0)  # ceil(147.4)+3
-
-
-def test_percentages_get_one_point_or_ten_percent():
-    assert margin_threshold(CLAIMS_BY_ID["hinton.only78.errors"], [30.0, 34.12]) == ("<=", 37.5)
-    assert margin_threshold(CLAIMS_BY_ID["hinton.only78.bias76"], [5.0, 5.5]) == ("<=", 6.5)
-    assert margin_threshold(CLAIMS_BY_ID["tutorial.student"], [46.3, 45.9]) == (">=", 44.9)
+from kdverify.calibrate import calibrate, format_stats, seed_stats
+from kdverify.claims import Threshold
+from kdverify.cli import main
+from kdverify.errors import KdverifyError
 
 
-def test_relative_claim_keeps_its_fixed_threshold_when_every_seed_meets_it():
-    op, value, basis = threshold_entry(CLAIMS_BY_ID["hinton.kd_beats_hard"], {0: (19, ""), 3: (12, ""), 6: (25, "")})
-    assert (op, value) == (">=", 10)
-    assert "seeds 0,3,6 measured 19, 12, 25" in basis
+def test_error_count_margin_is_the_worst_seed_and_a_share_of_the_threshold():
+    stats = seed_stats([60, 66, 63], Threshold("<=", 74, "paper x 1.10"), "errors")
+    assert (stats["min"], stats["max"], stats["mean"]) == (60, 66, 63)
+    assert stats["worst_margin"] == 8 and stats["worst_margin_pct"] == pytest.approx(100 * 8 / 74)
+    line = format_stats("hinton.student_kd", [60, 66, 63], stats)
+    assert "values 60, 66, 63" in line and "min 60 max 66 mean 63" in line
+    assert "threshold <= 74 (paper x 1.10)" in line and "worst-seed margin 8 (10.8% of the threshold)" in line
+    assert "headroom" not in line
 
 
-def test_relative_claim_is_not_gated_when_a_seed_misses_the_direction():
-    by_seed = {0: (-1.73, ""), 3: (0.2, ""), 6: (-0.4, "")}
-    op, value, basis = threshold_entry(CLAIMS_BY_ID["tutorial.cosine_does_not_hurt"], by_seed)
-    assert op is None and value is None
-    assert "not gated" in basis and "-1.73" in basis
+def test_tight_and_failing_error_counts_are_flagged():
+    tight = seed_stats([60, 70], Threshold("<=", 74, "paper x 1.10"), "errors")
+    assert "worst-seed margin 4 (5.4% of the threshold; less headroom than 10%)" in format_stats("a", [60, 70], tight)
+    over = seed_stats([80], Threshold("<=", 74), "errors on 3s")
+    assert over["worst_margin"] == -6 and "less headroom" in format_stats("a", [80], over)
 
 
-def test_bias_shift_details_are_kept_in_the_basis():
-    by_seed = {0: (159, "shift +2 tuned on test"), 3: (170, "shift +2.4 tuned on test")}
-    _, _, basis = threshold_entry(CLAIMS_BY_ID["hinton.no3.bias_searched_test"], by_seed)
-    assert "shift +2 tuned on test; shift +2.4 tuned on test" in basis
+def test_at_least_thresholds_and_other_units_get_no_percentage():
+    stats = seed_stats([69.5, 70.1], Threshold(">=", 68.26, "tutorial - 2 pt"), "% acc")
+    assert stats["worst_margin"] == pytest.approx(1.24) and "worst_margin_pct" not in stats
+    line = format_stats("tutorial.kd", [69.5, 70.1], stats)
+    assert line.endswith("worst-seed margin 1.24") and ">= 68.26 (tutorial - 2 pt)" in line
+    assert "% of the threshold" not in format_stats("u", [1.0], seed_stats([1.0], Threshold(">", 0), "furlongs"))
 
 
-def test_rendered_module_is_valid_python_merging_files(tmp_path):
-    for seeds, values in (([0], [134]), ([3, 6], [140, 128])):
-        (tmp_path / f"c{seeds[0]}.json").write_text(json.dumps(
-            {"seeds": seeds, "budget": "ci",
-             "claims": {"hinton.teacher": {"values": values, "details": [""] * len(values)}}}))
-    merged = merge(sorted(tmp_path.glob("*.json")))
-    assert merged["hinton.teacher"] == {0: (134, ""), 3: (140, ""), 6: (128, "")}
-    namespace: dict = {}
-    exec(render_thresholds(merged), namespace)  # noqa: S102 - our own generated source
-    assert namespace["CI_THRESHOLDS"]["hinton.teacher"][:2] == ("<=", 157.0)  # ceil(154)+3
+def test_out_is_never_overwritten_without_force(tmp_path):
+    out = tmp_path / "calib.json"
+    out.write_text("keep me")
+    with pytest.raises(KdverifyError, match="--force"):
+        calibrate([0], data_root=str(tmp_path), cache_dir=str(tmp_path), out=out)
+    result = CliRunner().invoke(main, ["calibrate", "--seeds", "0", "--out", str(out), "--data-root", str(tmp_path),
+                                       "--cache", str(tmp_path / "cache")])
+    assert result.exit_code == 1 and "exists; pass --force" in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+    assert out.read_text() == "keep me"
 
 
-def test_unit_without_a_margin_rule_is_refused():
-    with pytest.raises(ValueError, match="no margin rule"):
-        margin_threshold(CLAIMS_BY_ID["hinton.no3.bias_restores_3s"], [0.6])
+def test_unknown_claim_id_is_refused_before_training(tmp_path):
+    result = CliRunner().invoke(main, ["calibrate", "--claim", "nope.claim", "--data-root", str(tmp_path),
+                                       "--cache", str(tmp_path / "cache")])
+    assert result.exit_code == 1 and "unknown claim id(s) nope.claim" in result.output
+
+
+def test_thresholds_option_is_gone():
+    result = CliRunner().invoke(main, ["calibrate", "--thresholds", "x.json"])
+    assert result.exit_code == 2 and "No such option" in result.output

@@ -4,7 +4,7 @@ import pickle
 import pytest
 import torch
 
-from kdverify.checkpoint import checkpoint_payload, load_checkpoint, save_checkpoint
+from kdverify.checkpoint import checkpoint_payload, load_checkpoint, machine_description, save_checkpoint, state_digest
 from kdverify.errors import CheckpointError
 from kdverify.models import HintonMLP, LightNN
 
@@ -80,3 +80,22 @@ def test_truncated_missing_dir_foreign_and_mismatched(tiny_mnist, tmp_path):
     save_checkpoint(tmp_path / "shapes.pt", payload)
     with pytest.raises(CheckpointError, match="weights do not fit hinton_mlp"):
         load_checkpoint(tmp_path / "shapes.pt")
+
+
+def test_state_digest_names_the_weights_themselves(tiny_mnist, tmp_path):
+    torch.manual_seed(0)
+    a = HintonMLP(hidden=16)
+    torch.manual_seed(0)
+    b = HintonMLP(hidden=16, input_dropout=0.5)  # dropout has no weights: same digest
+    assert state_digest(a) == state_digest(b) and len(state_digest(a)) == 64
+    path = save_checkpoint(tmp_path / "a.pt", _payload(tiny_mnist, a))
+    assert state_digest(load_checkpoint(path).model) == state_digest(a)  # survives a save and load
+    with torch.no_grad():
+        b.output_layer.bias[3] = torch.nextafter(b.output_layer.bias[3], torch.tensor(1.0))  # one ulp
+    assert state_digest(b) != state_digest(a)
+    assert state_digest(HintonMLP(hidden=16).double()) != state_digest(HintonMLP(hidden=16))  # dtype counts
+
+
+def test_machine_description_names_the_cpu():
+    text = machine_description("cpu")
+    assert f"{os.cpu_count()} CPUs" in text and f"{torch.get_num_threads()} threads" in text

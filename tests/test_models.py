@@ -1,8 +1,18 @@
 import pytest
 import torch
 
-from kdverify.models import ARCHITECTURES, BlogCNN, DeepNN, HintonMLP, HintRegressor, LightNN, RandDropout, \
-    build_model, count_parameters, forward_flops
+from kdverify.models import (
+    ARCHITECTURES,
+    BlogCNN,
+    DeepNN,
+    HintonMLP,
+    HintRegressor,
+    LightNN,
+    RandDropout,
+    build_model,
+    count_parameters,
+    forward_flops,
+)
 
 
 def test_tutorial_parameter_counts():
@@ -47,10 +57,24 @@ def test_output_layer_is_last_linear():
     assert m.output_layer is m.classifier[-1]
 
 
-def test_forward_flops():
+def test_forward_flops_are_exact():
+    """2 FLOPs per multiply-add of every Linear and Conv2d, counted by hand from the layer shapes."""
     assert forward_flops(HintonMLP(1200), (1, 28, 28)) == 2 * (784 * 1200 + 1200 * 1200 + 1200 * 10)
-    # first conv of LightNN: 16 output channels * 32*32 positions * 3*3*3 MACs
-    assert forward_flops(LightNN(), (3, 32, 32)) > 2 * 16 * 1024 * 27
+    assert forward_flops(HintonMLP(800), (1, 28, 28)) == 2 * (784 * 800 + 800 * 800 + 800 * 10)
+    light = 2 * (3 * 9 * 16 * 32 * 32  # conv 3->16, 3x3, at 32x32
+                 + 16 * 9 * 16 * 16 * 16  # conv 16->16, 3x3, at 16x16 (after the first pool)
+                 + 1024 * 256 + 256 * 10)
+    assert forward_flops(LightNN(), (3, 32, 32)) == light == 2_593_792
+    deep = 2 * (3 * 9 * 128 * 32 * 32  # conv 3->128 at 32x32
+                + 128 * 9 * 64 * 32 * 32  # conv 128->64 at 32x32
+                + 64 * 9 * 64 * 16 * 16  # conv 64->64 at 16x16
+                + 64 * 9 * 32 * 16 * 16  # conv 64->32 at 16x16
+                + 2048 * 512 + 512 * 10)
+    assert forward_flops(DeepNN(), (3, 32, 32)) == deep == 188_491_776
+    blog = 2 * (1 * 25 * 8 * 32 * 32  # conv 1->8, 5x5, padding 4: 28 -> 32
+                + 8 * 25 * 16 * 14 * 14  # conv 8->16, 5x5, stride 2: 32 -> 14
+                + 784 * 256 + 256 * 128 + 128 * 10)
+    assert forward_flops(BlogCNN(), (1, 28, 28)) == blog
 
 
 @pytest.mark.parametrize("p", [0.5, 0.2, 0.25, 0.1, 0.75])
