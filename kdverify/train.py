@@ -225,7 +225,10 @@ def lr_factor(recipe: Recipe, epoch_progress: float) -> float:
 _TEACHER_TABLES: "weakref.WeakKeyDictionary[nn.Module, dict[tuple, torch.Tensor]]" = weakref.WeakKeyDictionary()
 TEACHER_TABLE_BYTES = 2 << 30  # larger tables (e.g. a wide MLP's hidden layer x 25 variants): teacher in the loop
 
+# What each objective learns from; the feature map is the hidden representation unflattened, so a
+# table stores only logits and hidden features, and one teacher pass fills both where both fit.
 _TAP_OF_OBJECTIVE = {"kd": "logits", "cosine": "hidden", "hint": "feature_map"}
+_TABLE_TAPS = ("logits", "hidden")
 
 
 class _TeacherSignal:
@@ -244,15 +247,18 @@ class _TeacherSignal:
         self.table: torch.Tensor | None = None
         train = dataset.train
         with torch.inference_mode():
-            self.shape = getattr(teacher.forward_taps(normalize(train.images[:1], dataset.mean, dataset.std)),
-                                 self.tap).shape[1:]
-        size = augmentation.variants * len(train) * math.prod(self.shape) * 4
-        if augmentation.variants <= max(recipe.epochs, 1) and size <= TEACHER_TABLE_BYTES:
+            probe = teacher.forward_taps(normalize(train.images[:1], dataset.mean, dataset.std))
+        self.shape = getattr(probe, self.tap).shape[1:]
+        stored = "logits" if self.tap == "logits" else "hidden"
+        fits = [t for t in _TABLE_TAPS
+                if augmentation.variants * len(train) * getattr(probe, t)[0].numel() * 4 <= TEACHER_TABLE_BYTES]
+        if augmentation.variants <= max(recipe.epochs, 1) and stored in fits:
             memo = _TEACHER_TABLES.setdefault(teacher, {})
-            key = (self.tap, augmentation.name, dataset.variant, dataset.checksum)
-            if key not in memo:
-                memo[key] = teacher_table(teacher, train, dataset.mean, dataset.std, augmentation, self.tap)
-            self.table = memo[key]
+            key = (augmentation.name, dataset.variant, dataset.checksum)
+            if (stored, *key) not in memo:
+                tables = teacher_table(teacher, train, dataset.mean, dataset.std, augmentation, fits)
+                memo.update({(tap, *key): table for tap, table in tables.items()})
+            self.table = memo[(stored, *key)]
 
     def batch(self, index: torch.Tensor, variant: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Teacher outputs for training images `index` (into the whole split) seen as `variant`."""
@@ -265,20 +271,23 @@ class _TeacherSignal:
 
 
 def teacher_table(teacher: TappedModel, train: Split, mean: Sequence[float], std: Sequence[float],
-                  augmentation: Augmentation, tap: str) -> torch.Tensor:
-    """(variants, N, prod(tap shape)): one of the teacher's taps on every variant of every image."""
+                  augmentation: Augmentation, taps: Sequence[str]) -> dict[str, torch.Tensor]:
+    """tap -> (variants, N, features): the teacher's taps on every variant of every image, in one pass."""
     fmt = preferred_memory_format(teacher)
-    out = []
+    out: dict[str, list[torch.Tensor]] = {tap: [] for tap in taps}
     with torch.inference_mode():
         for v in range(augmentation.variants):
-            parts = []
+            parts: dict[str, list[torch.Tensor]] = {tap: [] for tap in taps}
             for i in range(0, len(train), EVAL_BATCH):
                 images = train.images[i:i + EVAL_BATCH]
                 ids = torch.full((images.shape[0],), v, dtype=torch.int64)
-                x = normalize(augmentation.apply(images, ids), mean, std).contiguous(memory_format=fmt)
-                parts.append(getattr(teacher.forward_taps(x), tap).flatten(1))
-            out.append(torch.cat(parts))
-    return torch.stack(out).clone()  # clone: an ordinary tensor outside inference mode
+                result = teacher.forward_taps(normalize(augmentation.apply(images, ids), mean, std)
+                                              .contiguous(memory_format=fmt))
+                for tap in taps:
+                    parts[tap].append(getattr(result, tap).flatten(1))
+            for tap in taps:
+                out[tap].append(torch.cat(parts[tap]))
+    return {tap: torch.stack(tables).clone() for tap, tables in out.items()}  # clone: leave inference mode
 
 
 class TrainingRun:
