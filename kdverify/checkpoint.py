@@ -63,7 +63,9 @@ def machine_description(device: torch.device | str = "cpu") -> str:
     except OSError:
         pass
     isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else ""
-    return ", ".join(x for x in (model, f"{os.cpu_count()} CPUs", isa, f"{torch.get_num_threads()} threads") if x)
+    kernels = f"{torch.backends.cpu.get_cpu_capability()} kernels"  # what ran: ATEN_CPU_CAPABILITY can cap it
+    return ", ".join(x for x in (model, f"{os.cpu_count()} CPUs", isa, kernels, f"{torch.get_num_threads()} threads")
+                     if x)
 
 
 def state_digest(model: torch.nn.Module) -> str:
