@@ -21,7 +21,7 @@ from kdverify.checkpoint import CheckpointError, checkpoint_payload, load_checkp
     save_checkpoint, state_digest
 from kdverify.data import Dataset, default_cache_dir
 from kdverify.models import TappedModel
-from kdverify.pinned import load_pinned
+from kdverify.pinned import load_pinned, read_manifest
 from kdverify.recipes import PINNED_BUDGETS, PINNED_TEACHERS, Recipe, get_recipe
 from kdverify.train import TRAINER_VERSION, EpochRecord, Evaluation, ProgressFn, TrainResult, evaluate, fit, \
     print_progress
@@ -139,7 +139,8 @@ class ModelCache:
         if recipe.teacher:
             raise CheckpointError(f"{checkpoint}: only models without a teacher can be adopted")
         key = self.key(recipe)
-        metrics = {**ckpt.metrics, "cache_key": key, "weights_sha256": state_digest(ckpt.model)}
+        metrics = {"machine": machine_description(), **ckpt.metrics,  # older checkpoints did not record it
+                   "cache_key": key, "weights_sha256": state_digest(ckpt.model)}
         dataset = self.datasets[recipe.dataset]
         if ckpt.dataset_variant != dataset.variant:
             raise CheckpointError(f"{checkpoint}: trained on {ckpt.dataset_variant}, this data is {dataset.variant}")
@@ -174,5 +175,5 @@ class ModelCache:
             self._memory[memo] = Trained(
                 model, recipe, ckpt.sha256[:16], evaluate(model, dataset.test, dataset.mean, dataset.std),
                 [EpochRecord(**h) for h in metrics.get("history", [])], float(metrics.get("train_seconds", 0.0)),
-                "pinned", state_digest(model), metrics.get("machine", ""))
+                "pinned", state_digest(model), metrics.get("machine") or read_manifest()[recipe.name]["machine"])
         return self._memory[memo]

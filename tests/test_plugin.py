@@ -63,7 +63,7 @@ def test_gpu_only():
 """)
         result = no_data.runpytest("test_gpu.py", "--kd-budget", "original", "-rs", "-p", "no:cacheprovider")
         result.assert_outcomes(skipped=1)
-        result.stdout.fnmatch_lines([("*the original budget trains the works* own recipes (GPU-hours) and no "
+        result.stdout.fnmatch_lines([("*the original budget trains for GPU-hours and no "
                                       "CUDA device is present*")])
         result = no_data.runpytest("test_gpu.py", "--kd-budget", "ci", "-p", "no:cacheprovider")
         result.assert_outcomes(passed=1)

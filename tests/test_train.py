@@ -265,3 +265,14 @@ def test_grad_clip_bounds_each_step(tiny_mnist):
     steps = -(-len(tiny_mnist.train) // plain.batch_size)
     assert moved["clipped"] <= plain.lr * 1e-3 * steps * 1.0001
     assert moved["plain"] > 10 * moved["clipped"]
+
+
+def test_shipped_teachers_match_their_fast_recipes():
+    """A recipe change (or a new Recipe field) that alters a pinned teacher's fingerprint must re-pin it."""
+    from kdverify.pinned import read_manifest
+    from kdverify.recipes import get_recipe
+
+    manifest = read_manifest()
+    assert set(manifest) == {"hinton-teacher", "tutorial-deepnn"}
+    for name, entry in manifest.items():
+        assert get_recipe(name, "ci").fingerprint() == entry["fingerprint"], name
