@@ -276,3 +276,38 @@ def test_shipped_teachers_match_their_fast_recipes():
     assert set(manifest) == {"hinton-teacher", "tutorial-deepnn"}
     for name, entry in manifest.items():
         assert get_recipe(name, "ci").fingerprint() == entry["fingerprint"], name
+
+
+_FRESH_PROCESS_FIT = """
+import sys, torch
+sys.path.insert(0, {root!r})
+from conftest import make_pattern_split
+from kdverify.checkpoint import state_digest
+from kdverify.data import CIFAR_CLASSES, CIFAR_NORM, Dataset
+from kdverify.models import build_model
+from kdverify.recipes import Recipe
+from kdverify.train import fit
+dataset = Dataset("cifar10", "synthetic", "tiny", CIFAR_CLASSES, *CIFAR_NORM,
+                  make_pattern_split(256, 0, channels=3, size=32), make_pattern_split(64, 1, channels=3, size=32))
+torch.manual_seed(7)
+teacher = build_model("deep_nn")
+student = Recipe("s", "cifar10", "light_nn", epochs=2, lr=2e-3, optimizer="adam", objective="hint", teacher="t",
+                 soft_weight=0.25, schedule="linear", warmup_epochs=0.5, augment="flip", batch_size=64, seed=42)
+print(state_digest(fit(student, dataset, teacher=teacher, progress=None).model))
+"""
+
+
+def test_a_cifar_student_gets_identical_weights_in_a_fresh_process():
+    """The same recipe gives bit-identical weights here (inside pytest, after other tests trained) and in a
+    fresh interpreter: nothing process-wide (RNG state, teacher tables, allocator, threads) leaks into training."""
+    import pathlib
+    import subprocess
+    import sys
+
+    root = str(pathlib.Path(__file__).resolve().parent.parent)
+    source = _FRESH_PROCESS_FIT.format(root=root)
+    torch.manual_seed(123)  # disturb the global RNG first: training must not depend on it
+    here = {}
+    exec(compile(source.replace("print(", "here['digest'] = ("), "<fit>", "exec"), {"here": here})  # noqa: S102
+    fresh = subprocess.run([sys.executable, "-c", source], capture_output=True, text=True, check=True, cwd=root)
+    assert fresh.stdout.strip() == here["digest"]
