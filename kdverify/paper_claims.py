@@ -84,7 +84,8 @@ CLAIMS: list[Claim] = [
             metric="shifted_errors", unit="% errors", recipe=ONLY78, classes=[7, 8], shift="holdout", percent=True),
     # ---- the relative claims that carry the science, at the paper's strength
     _relative("hinton.kd_vs_hard", HINTON, "the KD student makes at most 0.6x the errors of the same student on "
-              "hard labels", "error_ratio", round(74 / 146, 3), "ratio", Threshold("<=", 0.6, "paper 0.51, at most 0.6"),
+              "hard labels", "error_ratio", round(74 / 146, 3), "ratio",
+              Threshold("<=", 0.6, "paper 0.51, at most 0.6"),
               numerator="hinton-student-kd", denominator="hinton-student-hard"),
     _relative("hinton.no3.shift_lowers_errors", HINTON, "the paper's +3.5 on the 3's bias lowers total test errors",
               "shift_errors_removed", 206 - 109, "errors removed", Threshold(">", 0, "paper 206 -> 109: fewer errors"),

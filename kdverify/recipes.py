@@ -151,7 +151,7 @@ RECIPES: dict[str, dict[str, Recipe]] = {
                momentum=0.9, augment="jitter2", drop_classes=(3,), holdout=5000,
                note="transfer set without any 3 -> 206 errors (133 on 3s); +3.5 on the 3 bias -> 109"),
         **{**_FAST_KD, "note": "fast: as hinton-student-kd without 3s but at the blog's alpha 0.7 -> 100 errors (40 on "
-                               "3s); +3.5 -> 97 (2 on 3s) with CI's AVX2 kernels; 150 s with the shared teacher table"}),
+                               "3s); +3.5 -> 97 (2 on 3s) with CI's AVX2 kernels; 150 s with the shared table"}),
     "hinton-student-kd-only78": _pair(
         Recipe("hinton-student-kd-only78", "mnist", "hinton_mlp", arch_kwargs=STUDENT_MLP, objective="kd",
                teacher="hinton-teacher", temperature=20.0, soft_weight=0.7, epochs=1000, lr=0.001,

@@ -23,7 +23,7 @@ from kdverify.cpu_memory import keep_freed_memory
 from kdverify.data import Augmentation, Dataset, Split, balanced_subset, filter_classes, get_augmentation, \
     iterate_batches, normalize, split_holdout
 from kdverify.losses import cosine_loss, hint_loss, kd_loss
-from kdverify.models import HintRegressor, TappedModel, Taps, build_model
+from kdverify.models import HintRegressor, TappedModel, build_model
 from kdverify.recipes import Recipe
 
 TRAINER_VERSION = "4"  # bump when a change alters trained weights for the same recipe (part of cache keys)

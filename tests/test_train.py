@@ -53,7 +53,9 @@ def test_same_seed_same_weights_on_cpu(tiny_mnist):
 def _permuted(dataset: Dataset) -> Dataset:
     """The same images with every label moved to the next class: a teacher trained on it disagrees
     with the true labels everywhere, so a student can only learn its mapping from the teacher."""
-    relabel = lambda s: Split(s.images, (s.labels + 1) % 10)
+    def relabel(s: Split) -> Split:
+        return Split(s.images, (s.labels + 1) % 10)
+
     return dataclasses.replace(dataset, checksum="permuted", train=relabel(dataset.train), test=relabel(dataset.test))
 
 
