@@ -42,10 +42,6 @@ class Trained:
     machine: str = ""  # where it was trained
 
     @property
-    def from_cache(self) -> bool:
-        return self.source == "cache"
-
-    @property
     def provenance(self) -> str:
         """One phrase for reports: pinned teacher + sha256 prefix, trained now, or from cache."""
         how = {"trained": "trained now", "cache": "from cache", "pinned": "pinned"}[self.source]
