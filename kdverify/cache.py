@@ -61,6 +61,11 @@ def result_metrics(result: TrainResult, key: str) -> dict[str, Any]:
     }
 
 
+def _recorded_training(metrics: dict[str, Any]) -> tuple[list[EpochRecord], float]:
+    """The curve and training time a checkpoint recorded when it was trained."""
+    return [EpochRecord(**h) for h in metrics.get("history", [])], float(metrics.get("train_seconds", 0.0))
+
+
 class ModelCache:
     """Get-or-train for recipes of one budget; in `ci`, teachers come pinned with the package.
 
@@ -153,8 +158,7 @@ class ModelCache:
             if metrics.get("cache_key") != key or metrics.get("weights_sha256") != state_digest(ckpt.model):
                 return None
             return Trained(ckpt.model.to(device), recipe, key, Evaluation(torch.tensor(metrics["test"]["confusion"])),
-                           [EpochRecord(**h) for h in metrics.get("history", [])],
-                           float(metrics.get("train_seconds", 0.0)), "cache", metrics["weights_sha256"],
+                           *_recorded_training(metrics), "cache", metrics["weights_sha256"],
                            metrics.get("machine", ""))
         except (CheckpointError, KeyError, TypeError, ValueError):
             return None  # corrupted or foreign entry: retrain, never trust it
@@ -170,6 +174,6 @@ class ModelCache:
             metrics = ckpt.metrics
             self._memory[memo] = Trained(
                 model, recipe, ckpt.sha256[:16], evaluate(model, dataset.test, dataset.mean, dataset.std),
-                [EpochRecord(**h) for h in metrics.get("history", [])], float(metrics.get("train_seconds", 0.0)),
-                "pinned", state_digest(model), metrics.get("machine") or read_manifest()[recipe.name]["machine"])
+                *_recorded_training(metrics), "pinned", state_digest(model),
+                metrics.get("machine") or read_manifest()[recipe.name]["machine"])
         return self._memory[memo]
