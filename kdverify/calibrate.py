@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from kdverify.claims import Threshold
-from kdverify.data import atomic_write_bytes
+from kdverify.io import atomic_write_bytes
 from kdverify.errors import KdverifyError
 
 ERROR_UNITS = ("errors", "errors on 3s", "% errors")  # the margin is also shown as % of the threshold

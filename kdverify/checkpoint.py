@@ -18,7 +18,8 @@ from typing import Any
 import torch
 
 import kdverify
-from kdverify.data import Dataset, atomic_write_bytes
+from kdverify.data import Dataset
+from kdverify.io import atomic_write_bytes
 from kdverify.errors import CheckpointError
 from kdverify.models import ARCHITECTURES, TappedModel, build_model
 

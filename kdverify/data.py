@@ -18,7 +18,6 @@ import io
 import os
 import pickle
 import tarfile
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -28,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from kdverify.errors import DataError
+from kdverify.io import atomic_write_bytes
 
 # md5 of the *uncompressed* IDX bytes: the .gz wrapper may differ between mirrors.
 MNIST_MD5 = {
@@ -73,19 +73,6 @@ def resolve_data_root(root: str | os.PathLike | None = None) -> Path:
     if os.environ.get("KDVERIFY_DATA"):
         return Path(os.environ["KDVERIFY_DATA"]).expanduser()
     return default_cache_dir() / "data"
-
-
-def atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write to a temporary file beside `path`, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,15 @@ class KdverifyError(Exception):
 
 
 class DataError(KdverifyError):
-    """Dataset files are missing, truncated or fail their checksum."""
+    """Dataset files are missing, unreadable or fail their checksum."""
+
+
+class DataMissing(DataError):
+    """The dataset is not there at all: claims may skip, unless the user asked for data."""
+
+
+class DataCorrupt(DataError):
+    """The dataset is there but truncated, modified or undecodable: always an error, never a skip."""
 
 
 class CheckpointError(KdverifyError):

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from kdverify.checkpoint import Checkpoint, load_checkpoint, state_digest
-from kdverify.data import atomic_write_bytes
+from kdverify.io import atomic_write_bytes
 from kdverify.errors import CheckpointError, KdverifyError
 from kdverify.recipes import Recipe
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from kdverify.cache import Trained
 from kdverify.claims import STANDIN_VARIANTS, Verdict
-from kdverify.data import atomic_write_bytes
+from kdverify.io import atomic_write_bytes
 
 COLUMNS = ("claim", "paper", "measured", "threshold", "rule", "verdict", "seconds", "data")
 CONFUSION_RECIPES = ("hinton-teacher", "hinton-student-hard", "hinton-student-kd")
