@@ -24,7 +24,7 @@ from kdverify.errors import CheckpointError
 from kdverify.models import ARCHITECTURES, TappedModel, build_model
 
 FORMAT = "kdverify-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: a content hash of the tensors, verified on every load
 
 
 @dataclass
@@ -43,6 +43,8 @@ class Checkpoint:
     metrics: dict[str, Any]
     versions: dict[str, str]
     sha256: str  # of the file's bytes (exports record where they came from)
+    weights_sha256: str = ""  # of the tensors (state_digest), verified on load; "" only in format-1 files
+    dataset: str = ""  # registered dataset name the model was trained on
 
 
 def library_versions() -> dict[str, str]:
@@ -69,10 +71,11 @@ def machine_description(device: torch.device | str = "cpu") -> str:
                      if x)
 
 
-def state_digest(model: torch.nn.Module) -> str:
+def state_digest(model: torch.nn.Module | dict[str, torch.Tensor]) -> str:
     """sha256 of the weights themselves (names, dtypes, shapes, bytes): identical models, identical digest."""
+    state = model if isinstance(model, dict) else model.state_dict()
     h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
+    for name, tensor in sorted(state.items()):
         t = tensor.detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
@@ -81,13 +84,16 @@ def state_digest(model: torch.nn.Module) -> str:
 
 def checkpoint_payload(model: TappedModel, arch: str, arch_kwargs: dict[str, Any], dataset: Dataset,
                        recipe: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None) -> dict:
-    """The dict that is saved: nothing in it needs a class to unpickle."""
+    """The dict that is saved: nothing in it needs a class to unpickle, and its tensors carry their hash."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "arch": arch,
         "arch_kwargs": dict(arch_kwargs),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "state_dict": state,
+        "weights_sha256": state_digest(state),
+        "dataset": dataset.name,
         "input_shape": [int(d) for d in dataset.input_shape],
         "classes": list(dataset.classes),
         "normalization": {"mean": list(dataset.mean), "std": list(dataset.std)},
@@ -136,19 +142,15 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"{path} is not a readable checkpoint: {reason[:200]}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a kdverify checkpoint (no '{FORMAT}' header)")
-    arch = payload.get("arch")
-    if arch not in ARCHITECTURES:
-        raise CheckpointError(f"{path}: unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
-    try:
-        model = build_model(arch, **payload.get("arch_kwargs", {}))
-    except TypeError as exc:
-        raise CheckpointError(f"{path}: bad constructor arguments for {arch}: {exc}") from None
-    try:
-        model.load_state_dict(payload["state_dict"])
-    except (RuntimeError, KeyError, TypeError) as exc:
-        first = str(exc).strip().splitlines()
-        detail = " ".join(line.strip() for line in first[:3])[:300]
-        raise CheckpointError(f"{path}: weights do not fit {arch}: {detail}") from None
+    arch, state = payload.get("arch"), payload.get("state_dict")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: no weights (state_dict) in the checkpoint")
+    recorded = payload.get("weights_sha256")
+    if int(payload.get("format_version", 1)) >= 2 or recorded is not None:
+        if state_digest(state) != recorded:
+            raise CheckpointError(f"{path}: its weights do not match their recorded sha256 "
+                                  f"({str(recorded)[:16]}): the file is corrupt or was modified; retrain or restore it")
+    model = _rebuild(path, arch, payload, state)
     model.eval()
     norm = payload.get("normalization", {})
     return Checkpoint(
@@ -157,5 +159,47 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         mean=tuple(norm.get("mean", ())), std=tuple(norm.get("std", ())),
         dataset_variant=str(payload.get("dataset_variant", "")), recipe=dict(payload.get("recipe", {})),
         metrics=dict(payload.get("metrics", {})), versions=dict(payload.get("versions", {})),
-        sha256=hashlib.sha256(blob).hexdigest(),
+        sha256=hashlib.sha256(blob).hexdigest(), weights_sha256=str(recorded or ""),
+        dataset=str(payload.get("dataset") or payload.get("recipe", {}).get("dataset") or ""),
     )
+
+
+def _rebuild(path: Path, arch: Any, payload: dict, state: dict[str, torch.Tensor]) -> TappedModel:
+    """Rebuild the model, first on the meta device: constructor arguments, weight shapes, input shape and
+    class count are checked without allocating (a checkpoint asking for hidden=10**7 costs nothing)."""
+    if arch not in ARCHITECTURES:
+        raise CheckpointError(f"{path}: unknown architecture {arch!r} (known: {', '.join(ARCHITECTURES)}); import the "
+                              "module that registers it (--import MODULE) or install the package that provides it")
+    kwargs = payload.get("arch_kwargs", {})
+    if not isinstance(kwargs, dict):
+        raise CheckpointError(f"{path}: constructor arguments of {arch} are not a mapping")
+    try:
+        with torch.device("meta"):
+            skeleton = build_model(arch, **kwargs)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
+        raise CheckpointError(f"{path}: bad constructor arguments for {arch} {kwargs}: {_first_line(exc)}") from None
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state.items()}
+    if expected != found:
+        diff = sorted(set(expected.items()) ^ set(found.items()))[:2]
+        raise CheckpointError(f"{path}: weights do not fit {arch}({kwargs}): first differences {diff}")
+    input_shape, classes = payload.get("input_shape", ()), payload.get("classes", ())
+    try:
+        shape = tuple(int(d) for d in input_shape)
+        if not shape or min(shape) < 1:
+            raise ValueError(f"input_shape {list(input_shape)}")
+        logits = skeleton.eval()(torch.empty(1, *shape, device="meta"))
+    except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
+        raise CheckpointError(f"{path}: {arch} does not accept its recorded input shape "
+                              f"{list(input_shape) if isinstance(input_shape, (list, tuple)) else input_shape!r}: "
+                              f"{_first_line(exc)}") from None
+    if classes and logits.shape[-1] != len(classes):
+        raise CheckpointError(f"{path}: {arch} has {logits.shape[-1]} outputs but {len(classes)} classes are recorded")
+    model = build_model(arch, **kwargs)
+    model.load_state_dict(state)
+    return model
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:200]

@@ -6,7 +6,7 @@ import torch
 
 from kdverify.checkpoint import checkpoint_payload, load_checkpoint, machine_description, save_checkpoint, state_digest
 from kdverify.errors import CheckpointError
-from kdverify.models import HintonMLP, LightNN
+from kdverify.models import HintonMLP, LightNN, build_model
 
 
 def _payload(tiny_mnist, model=None, **kw):
@@ -99,3 +99,66 @@ def test_state_digest_names_the_weights_themselves(tiny_mnist, tmp_path):
 def test_machine_description_names_the_cpu():
     text = machine_description("cpu")
     assert f"{os.cpu_count()} CPUs" in text and f"{torch.get_num_threads()} threads" in text
+
+
+def _rewrite(path, edit):
+    payload = torch.load(path, weights_only=True)
+    edit(payload)
+    path.write_bytes(_serialise(payload))
+
+
+def _serialise(payload):
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return buffer.getvalue()
+
+
+def test_bit_rotted_weights_are_refused_on_load(tiny_mnist, tmp_path):
+    """A flipped bit inside a weight leaves a loadable file: only the recorded content hash can catch it."""
+    path = save_checkpoint(tmp_path / "m.pt", _payload(tiny_mnist))
+    weights = load_checkpoint(path).model.state_dict()["features.2.weight"].numpy().tobytes()
+    blob = bytearray(path.read_bytes())
+    at = bytes(blob).find(weights[:64])
+    blob[at + 64] ^= 0x40
+    path.write_bytes(bytes(blob))
+    with pytest.raises(CheckpointError, match="weights do not match their recorded sha256.*corrupt or was modified"):
+        load_checkpoint(path)
+
+
+def test_every_checkpoint_carries_the_hash_of_its_tensors(tiny_mnist, tmp_path):
+    path = save_checkpoint(tmp_path / "m.pt", _payload(tiny_mnist))
+    ckpt = load_checkpoint(path)
+    assert ckpt.weights_sha256 == state_digest(ckpt.model) and len(ckpt.weights_sha256) == 64
+    assert ckpt.dataset == tiny_mnist.name
+    _rewrite(path, lambda p: p.pop("weights_sha256"))
+    with pytest.raises(CheckpointError, match="do not match their recorded sha256 \\(None\\)"):
+        load_checkpoint(path)  # a format-2 file without its hash is not trusted either
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda p: p["arch_kwargs"].update(hidden=-5), "bad constructor arguments for hinton_mlp"),
+    (lambda p: p["arch_kwargs"].update(hidden=10 ** 7), "weights do not fit hinton_mlp"),
+    (lambda p: p["arch_kwargs"].update(bogus=1), "bad constructor arguments"),
+    (lambda p: p.update(arch_kwargs=[1, 2]), "constructor arguments of hinton_mlp are not a mapping"),
+    (lambda p: p.update(input_shape=[3, 32, 32]), "does not accept its recorded input shape \\[3, 32, 32\\]"),
+    (lambda p: p.update(input_shape=[1, -28, 28]), "does not accept its recorded input shape"),
+    (lambda p: p.update(input_shape="x"), "does not accept its recorded input shape"),
+    (lambda p: p.update(classes=["a", "b"]), "has 10 outputs but 2 classes are recorded"),
+    (lambda p: p.update(state_dict=None), "no weights"),
+])
+def test_malformed_checkpoints_are_one_line_errors_before_anything_is_allocated(tiny_mnist, tmp_path, edit, match):
+    """hidden=10**7 would ask for ~30 GB: the shapes are compared on the meta device first."""
+    path = save_checkpoint(tmp_path / "m.pt", _payload(tiny_mnist, model=build_model("hinton_mlp", hidden=16)))
+    _rewrite(path, edit)
+    with pytest.raises(CheckpointError, match=match) as info:
+        load_checkpoint(path)
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_architecture_names_the_fix(tiny_mnist, tmp_path):
+    path = save_checkpoint(tmp_path / "m.pt", _payload(tiny_mnist))
+    _rewrite(path, lambda p: p.update(arch="resnet_tiny"))
+    with pytest.raises(CheckpointError, match="unknown architecture 'resnet_tiny'.*--import MODULE.*install the package"):
+        load_checkpoint(path)

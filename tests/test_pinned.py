@@ -1,6 +1,7 @@
 """Pinned teachers: pinned into a temporary folder, loaded back, and refused when altered or stale."""
 
 import dataclasses
+import io
 import json
 
 import pytest
@@ -64,6 +65,25 @@ def test_a_flipped_byte_is_a_sha256_mismatch(trained, tmp_path):
     assert at > 0
     blob[at + 100] ^= 0x01  # one bit of one weight: the file still loads as a checkpoint
     pinned.write_bytes(bytes(blob))
+    with pytest.raises(CheckpointError, match=r"weights do not match their recorded sha256"):
+        load_checkpoint(pinned)  # the checkpoint's own content hash catches it, pinned or not
+    with pytest.raises(CheckpointError, match=r"weights do not match their recorded sha256"):
+        load_pinned(RECIPE, "cpu", folder)
+
+
+def test_a_substituted_valid_checkpoint_is_a_manifest_mismatch(trained, tmp_path):
+    folder = tmp_path / "teachers"
+    _pin(trained, folder)
+    pinned = folder / "tiny-teacher.pt"
+    ckpt = load_checkpoint(pinned)
+    with torch.no_grad():
+        ckpt.model.features[2].weight.add_(1e-3)  # a self-consistent file, but not the pinned one
+    payload = torch.load(pinned, weights_only=True)
+    payload["state_dict"] = {k: v.clone() for k, v in ckpt.model.state_dict().items()}
+    payload["weights_sha256"] = state_digest(payload["state_dict"])
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    pinned.write_bytes(buffer.getvalue())
     assert load_checkpoint(pinned).sha256 != read_manifest(folder)[RECIPE.name]["sha256"]
     with pytest.raises(CheckpointError, match=r"sha256 [0-9a-f]{16} does not match the manifest's [0-9a-f]{16}"):
         load_pinned(RECIPE, "cpu", folder)
