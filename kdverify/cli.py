@@ -2,12 +2,20 @@
 
 Every user-fixable failure is one line on stderr and exit status 1 (2 for usage errors),
 never a traceback; outputs are written atomically and never overwritten without --force.
+Ctrl-C exits 130 and SIGTERM 143, both after `finally` blocks have removed temporaries.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
+import os
+import re
+import signal
 import sys
+import threading
+import time
+import traceback
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,6 +25,27 @@ import torch
 from kdverify.errors import KdverifyError
 from kdverify.recipes import BUDGETS
 
+IMPORT_ENV = "KDVERIFY_IMPORT"
+SEED_MAX = 2**63 - 1  # torch seeds are 64-bit; a larger one would fail only after the data is loaded
+DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so `finally` blocks remove temporaries; exits 143, not 130."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def _fail(message: str) -> None:
+    click.echo(f"kdverify: error: {message}", err=True)
+    sys.exit(1)
+
+
+def _warn(message: str) -> None:
+    click.echo(f"kdverify: warning: {message}", err=True)
+
 
 def _one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
@@ -24,67 +53,162 @@ def _one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except (KdverifyError, KeyError, ValueError) as exc:
-            message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-            click.echo(f"kdverify: error: {message}", err=True)
-            sys.exit(1)
-        except KeyboardInterrupt:
-            click.echo("kdverify: interrupted; nothing was written", err=True)
-            sys.exit(130)
+            _fail(exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc))
+        except KeyboardInterrupt as exc:
+            terminated = isinstance(exc, Terminated)
+            click.echo(f"kdverify: interrupted; nothing was written{' (SIGTERM)' if terminated else ''}", err=True)
+            sys.exit(143 if terminated else 130)
 
     return wrapper
 
 
 def resolve_device(name: str) -> torch.device:
-    """'auto' picks CUDA when present; asking for CUDA without one is a clear error."""
+    """'auto' picks CUDA when present; anything else must name a device this machine has."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise KdverifyError("--device cuda asked for, but torch sees no CUDA device")
+    match = re.fullmatch(r"cpu|cuda(?::(\d+))?", name)
+    if not match:
+        raise KdverifyError(f"unknown device {name!r}; use {DEVICE_CHOICES}")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise KdverifyError(f"--device {name} asked for, but torch sees no CUDA device")
+        count = torch.cuda.device_count()
+        if match.group(1) is not None and int(match.group(1)) >= count:
+            raise KdverifyError(f"--device {name}: torch sees {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
     return torch.device(name)
+
+
+def _set_deterministic(deterministic: bool) -> None:
+    """Before anything is built, so every model, table and kernel choice is made in the mode."""
+    if deterministic:
+        from kdverify import determinism
+
+        determinism.set_deterministic()
+
+
+def _import_user_modules(names: list[str]) -> None:
+    """Import the user's modules (the current directory first on sys.path) so they can register
+    models, datasets and recipes before the command looks them up."""
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            _fail(f"cannot import module {name!r} (--import / ${IMPORT_ENV}): {str(exc).strip() or type(exc).__name__}")
+        except Exception as exc:  # noqa: BLE001 - the user's module: one line naming where it failed
+            where = ""
+            frames = traceback.extract_tb(exc.__traceback__)
+            if isinstance(exc, SyntaxError) and exc.filename:
+                where = f" at {exc.filename}:{exc.lineno}"
+            elif frames:
+                where = f" at {frames[-1].filename}:{frames[-1].lineno}"
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            _fail(f"importing module {name!r} (--import / ${IMPORT_ENV}) failed{where}: "
+                  f"{type(exc).__name__}{': ' + detail if detail else ''}")
 
 
 data_root_option = click.option("--data-root", type=click.Path(file_okay=False), default=None,
                                 help="Folder in torchvision's layout (default: $KDVERIFY_DATA, else the user cache).")
-device_option = click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+device_option = click.option("--device", default="auto", show_default=True, help=f"{DEVICE_CHOICES}.")
 budget_option = click.option("--budget", type=click.Choice(list(BUDGETS)), default="ci", show_default=True,
                              help="ci/paper: kdverify's fast recipes (ci distils from the pinned teachers); "
                                   "original: the reference work's own recipe.")
+deterministic_option = click.option(
+    "--deterministic", is_flag=True,
+    help="Pin torch to 1 thread and use deterministic kernels (bit-identical reruns on one machine; slower).")
 
 
 @click.group()
 @click.version_option(package_name="kdverify")
-def main() -> None:
+@click.option("--import", "imports", multiple=True, metavar="MODULE",
+              help=f"Import MODULE first (repeatable; the current directory is on sys.path), e.g. one that registers "
+                   f"models, datasets or recipes. ${IMPORT_ENV}: comma-separated modules, imported before these.")
+@click.pass_context
+def main(ctx: click.Context, imports: tuple[str, ...]) -> None:
     """Reproduce knowledge-distillation claims and ship verified students."""
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)  # None: set outside Python, i.e. the default
+        ctx.call_on_close(lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous))
+    names = [n.strip() for n in os.environ.get(IMPORT_ENV, "").split(",") if n.strip()] + list(imports)
+    _import_user_modules(list(dict.fromkeys(names)))
+
+
+def _optimizer_text(r: Any) -> str:
+    """'sgd-nesterov', 'sgd-momentum', 'adam,wd=1e-05': one token, so the table splits on spaces."""
+    text = r.optimizer + ("-nesterov" if r.nesterov else "-momentum" if r.momentum else "")
+    return text + (f",wd={r.weight_decay:g}" if r.weight_decay else "")
 
 
 @main.command("recipes")
 @budget_option
 def recipes_command(budget: str) -> None:
-    """List the training recipes (names for --recipe)."""
-    from kdverify.recipes import RECIPES, get_recipe
+    """List the training recipes (names for --recipe) with the values the budget trains with."""
+    from kdverify.recipes import RECIPES, get_recipe, recipe_kind
 
-    click.echo(f"{'name':<26} {'dataset':<8} {'arch':<11} {'objective':<9} {'epochs':>6} {'teacher':<16} note")
+    header = ("name", "dataset", "arch", "objective", "epochs", "batch", "optimizer", "lr", "schedule", "T", "alpha",
+              "augment", "teacher")
+    rows = []
     for name in RECIPES:
         r = get_recipe(name, budget)
-        click.echo(f"{name:<26} {r.dataset:<8} {r.arch:<11} {r.objective:<9} {r.epochs:>6} "
-                   f"{r.teacher or '-':<16} {r.note}")
+        distils = r.objective != "ce"
+        note = r.note
+        if recipe_kind(budget) != "original" and note and note == RECIPES[name]["original"].note:
+            note = f"original recipe: {note}"  # a fast recipe without its own note: the note is not what runs
+        rows.append(((r.name, r.dataset, r.arch, r.objective, str(r.epochs), str(r.batch_size), _optimizer_text(r),
+                      f"{r.lr:g}", r.schedule, f"{r.temperature:g}" if r.objective == "kd" else "-",
+                      f"{r.soft_weight:g}" if distils else "-", r.augment, r.teacher or "-"), note))
+    widths = [max(len(h), *(len(row[i]) for row, _ in rows)) for i, h in enumerate(header)]
+    numeric = {"epochs", "batch", "lr", "T", "alpha"}
+
+    def line(cells: tuple[str, ...], note: str) -> str:
+        return "  ".join(c.rjust(w) if h in numeric else c.ljust(w) for c, w, h in zip(cells, widths, header)) + \
+            f"  {note}"
+
+    click.echo(line(header, "note"))
+    for cells, note in rows:
+        click.echo(line(cells, note or "-"))
+
+
+def _save_or_rescue(out_path: Path, payload: dict, force: bool, recipe_name: str) -> None:
+    """A failure after training (disk full, folder gone) must not throw the model away: it is kept
+    under the user cache, and the one-line error says where."""
+    from kdverify.checkpoint import save_checkpoint
+    from kdverify.data import default_cache_dir
+    from kdverify.io import describe_os_error
+
+    try:
+        save_checkpoint(out_path, payload, force=force)
+        return
+    except Exception as exc:  # noqa: BLE001 - whatever failed, the trained model is kept
+        failure = str(exc) if isinstance(exc, KdverifyError) else (
+            f"cannot write {out_path}: {describe_os_error(exc) if isinstance(exc, OSError) else repr(exc)}")
+    stem = re.sub(r"[^\w.-]", "_", recipe_name) + "-" + time.strftime("%Y%m%d-%H%M%S")
+    rescue = default_cache_dir() / "rescued" / f"{stem}.pt"
+    if rescue.exists():
+        rescue = rescue.with_name(f"{stem}-{os.getpid()}.pt")
+    try:
+        save_checkpoint(rescue, payload)
+    except Exception as exc:  # noqa: BLE001
+        reason = describe_os_error(exc) if isinstance(exc, OSError) else str(exc)
+        raise KdverifyError(f"{failure}; keeping the model at {rescue} failed too ({reason}): it is lost") from None
+    raise KdverifyError(f"{failure}; the trained model was kept at {rescue}")
 
 
 def _train_and_save(recipe_name: str, budget: str, out: str, force: bool, data_root: str | None, device: str,
-                    seed: int | None, epochs: int | None, teacher_path: str | None) -> None:
+                    seed: int | None, epochs: int | None, teacher_path: str | None, deterministic: bool) -> None:
     import dataclasses
 
     from kdverify.cache import result_metrics
     from kdverify.checkpoint import checkpoint_payload, load_checkpoint
     from kdverify.data import load_dataset
+    from kdverify.io import check_writable
     from kdverify.recipes import get_recipe
     from kdverify.train import fit
 
-    out_path = Path(out)
-    if out_path.exists() and not force:
-        raise KdverifyError(f"{out_path} exists; pass --force to overwrite it")
-    if not out_path.parent.is_dir():
-        raise KdverifyError(f"output folder {out_path.parent} does not exist")
+    _set_deterministic(deterministic)
+    dev = resolve_device(device)
     recipe = get_recipe(recipe_name, budget)
     if seed is not None:
         recipe = recipe.with_seed(seed)
@@ -93,7 +217,10 @@ def _train_and_save(recipe_name: str, budget: str, out: str, force: bool, data_r
     if recipe.teacher and not teacher_path:
         raise KdverifyError(f"recipe {recipe.name} distils from a teacher: use "
                             f"`kdverify distill --teacher TEACHER.pt --recipe {recipe.name}`")
-    dev = resolve_device(device)
+    if teacher_path and not recipe.teacher:
+        raise KdverifyError(f"recipe {recipe.name} trains on hard labels and takes no teacher: use "
+                            f"`kdverify train --recipe {recipe.name}`")
+    out_path = check_writable(out, force)  # before hours of training, not after
     teacher = None
     if teacher_path:
         ckpt = load_checkpoint(teacher_path, map_location=dev)
@@ -107,9 +234,7 @@ def _train_and_save(recipe_name: str, budget: str, out: str, force: bool, data_r
     result = fit(recipe, dataset, teacher=teacher)
     payload = checkpoint_payload(result.model, recipe.arch, recipe.arch_kwargs, dataset, recipe.to_dict(),
                                  result_metrics(result, recipe.fingerprint()))
-    from kdverify.checkpoint import save_checkpoint
-
-    save_checkpoint(out_path, payload, force=force)
+    _save_or_rescue(out_path, payload, force, recipe.name)
     ev = result.evaluation
     click.echo(f"wrote {out_path}: {recipe.name}, test errors {ev.errors}/{ev.total} "
                f"({100 * ev.error_rate:.2f}%), {result.seconds:.0f}s")
@@ -122,8 +247,9 @@ def _training_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--out", required=True, type=click.Path(dir_okay=False), help="Checkpoint to write."),
         click.option("--force", is_flag=True, help="Overwrite an existing output."),
         data_root_option, device_option,
-        click.option("--seed", type=int, default=None, help="Override the recipe's seed."),
+        click.option("--seed", type=click.IntRange(0, SEED_MAX), default=None, help="Override the recipe's seed."),
         click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override the recipe's epochs."),
+        deterministic_option,
     ]):
         fn = option(fn)
     return fn
@@ -133,9 +259,9 @@ def _training_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 @_training_options
 @_one_line_errors
 def train_command(recipe_name: str, budget: str, out: str, force: bool, data_root: str | None, device: str,
-                  seed: int | None, epochs: int | None) -> None:
+                  seed: int | None, epochs: int | None, deterministic: bool) -> None:
     """Train a model from scratch on hard labels (teachers, baselines)."""
-    _train_and_save(recipe_name, budget, out, force, data_root, device, seed, epochs, None)
+    _train_and_save(recipe_name, budget, out, force, data_root, device, seed, epochs, None, deterministic)
 
 
 @main.command("distill")
@@ -144,30 +270,67 @@ def train_command(recipe_name: str, budget: str, out: str, force: bool, data_roo
 @_training_options
 @_one_line_errors
 def distill_command(teacher_path: str, recipe_name: str, budget: str, out: str, force: bool,
-                    data_root: str | None, device: str, seed: int | None, epochs: int | None) -> None:
+                    data_root: str | None, device: str, seed: int | None, epochs: int | None,
+                    deterministic: bool) -> None:
     """Train a student from a teacher checkpoint (KD, cosine or hint objective)."""
-    _train_and_save(recipe_name, budget, out, force, data_root, device, seed, epochs, teacher_path)
+    _train_and_save(recipe_name, budget, out, force, data_root, device, seed, epochs, teacher_path, deterministic)
 
 
 @main.command("evaluate")
 @click.argument("checkpoint", type=click.Path())
 @data_root_option
 @device_option
+@deterministic_option
 @_one_line_errors
-def evaluate_command(checkpoint: str, data_root: str | None, device: str) -> None:
+def evaluate_command(checkpoint: str, data_root: str | None, device: str, deterministic: bool) -> None:
     """Test errors, per-class errors and confusion matrix of a checkpoint on real data."""
     from kdverify.checkpoint import load_checkpoint
     from kdverify.data import load_dataset
     from kdverify.train import evaluate
 
-    ckpt = load_checkpoint(checkpoint)
-    dataset_name = ckpt.recipe.get("dataset") or ("cifar10" if ckpt.input_shape[:1] == (3,) else "mnist")
+    _set_deterministic(deterministic)
     dev = resolve_device(device)
+    ckpt = load_checkpoint(checkpoint)
+    for problem in checkpoint_problems(ckpt):
+        _warn(f"{checkpoint}: {problem}")
+    dataset_name = ckpt.recipe.get("dataset") or ("cifar10" if ckpt.input_shape[:1] == (3,) else "mnist")
     dataset = load_dataset(dataset_name, data_root, dev)
     ev = evaluate(ckpt.model.to(dev), dataset.test, ckpt.mean, ckpt.std)
     click.echo(f"{checkpoint}: {ckpt.arch} on {dataset.variant}: {ev.errors}/{ev.total} errors "
                f"({100 * ev.error_rate:.2f}%)")
     click.echo("per class: " + "  ".join(f"{c}:{e}" for c, e in zip(dataset.classes, ev.per_class_errors)))
+    click.echo("confusion matrix (rows: true class, columns: predicted class):")
+    for row in confusion_lines(ev.confusion, dataset.classes):
+        click.echo(row)
+
+
+def checkpoint_problems(ckpt: Any) -> list[str]:
+    """What makes a checkpoint's predictions meaningless though it loads: a zero or non-finite
+    normalisation std (inputs become inf/NaN) or NaN/inf weights (a diverged run)."""
+    problems = []
+    std = torch.tensor([float(x) for x in ckpt.std], dtype=torch.float64)
+    if not bool(torch.isfinite(std).all()) or bool((std == 0).any()):
+        problems.append(f"normalisation std {list(ckpt.std)} contains zero or non-finite values")
+    bad = [name for name, t in ckpt.model.state_dict().items()
+           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        problems.append(f"{len(bad)} weight tensor(s) contain NaN or inf ({', '.join(bad[:3])}"
+                        f"{', ...' if len(bad) > 3 else ''}): the run that wrote it probably diverged")
+    return problems
+
+
+def confusion_lines(confusion: torch.Tensor, classes: tuple[str, ...]) -> list[str]:
+    """Rows true class, columns predicted, right-aligned; columns are headed by class index so ten
+    CIFAR names still fit, rows name the class too when its name is not its index."""
+    n = int(confusion.shape[0])
+    names = list(classes) if len(classes) == n else [str(i) for i in range(n)]
+    labels = [name if name == str(i) else f"{i} {name}" for i, name in enumerate(names)]
+    left = max(len(x) for x in labels)
+    cell = max(len(str(int(confusion.max()))) if confusion.numel() else 1, len(str(n - 1))) + 1
+    lines = [" " * left + "".join(str(j).rjust(cell) for j in range(n))]
+    for label, row in zip(labels, confusion.tolist()):
+        lines.append(label.ljust(left) + "".join(str(v).rjust(cell) for v in row))
+    return lines
 
 
 @main.command("export")
@@ -249,7 +412,10 @@ def calibrate_command(seeds: tuple[int, ...], budget: str, data_root: str | None
                       out: str | None, force: bool, claim_ids: tuple[str, ...]) -> None:
     """Measure every claim at several seeds: values, and the worst seed's margin to its fixed threshold."""
     from kdverify.calibrate import calibrate
+    from kdverify.io import check_writable
 
+    if out:
+        check_writable(out, force)  # before the hours of training, not after
     calibrate(seeds, budget, data_root, cache, Path(out) if out else None, claim_ids or None, force=force)
 
 
