@@ -1,16 +1,23 @@
 """Trained models shared through an on-disk cache, so each teacher is trained once.
 
 A cache entry is an ordinary kdverify checkpoint whose name carries a key: the hash of the
-recipe's canonical form, the data variant and checksum, the trainer's version and (for a
-student) the sha256 of its teacher's weights. A changed recipe, trainer or teacher gets a new key,
-so stale entries are never read; an entry that fails to load, whose stored key disagrees, or
-whose weights no longer hash to what was recorded when it was written, is retrained.
+recipe's canonical form, the data variant and checksum, the trainer's version, what changes the
+bits of a trained model besides its recipe (device type and kernels, torch version, determinism
+mode) and (for a student) the sha256 of its teacher's weights. A changed recipe, trainer,
+machine type or teacher gets a new key, so stale or foreign entries are never read; an entry that
+fails to load, whose stored key disagrees, or whose weights no longer hash to what was recorded,
+is retrained.
+
+Filling an entry happens under an inter-process lock on that entry (`kdverify.locks`): N
+processes sharing a cache folder (pytest-xdist workers, two sessions, machines on a shared
+filesystem) train each key once; the others wait, then load what the holder wrote.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +27,8 @@ import torch
 from kdverify.checkpoint import CheckpointError, checkpoint_payload, load_checkpoint, machine_description, \
     save_checkpoint, state_digest
 from kdverify.data import Dataset, default_cache_dir
+from kdverify.determinism import cache_key_settings, numeric_settings
+from kdverify.locks import exclusive
 from kdverify.models import TappedModel
 from kdverify.pinned import load_pinned, read_manifest
 from kdverify.recipes import PINNED_BUDGETS, PINNED_TEACHERS, Recipe, get_recipe
@@ -28,10 +37,12 @@ from kdverify.train import TRAINER_VERSION, EpochRecord, Evaluation, ProgressFn,
 
 
 @dataclass
-class Trained:
-    """A trained model with what the claims need to judge it, and how it was obtained."""
+class ModelRecord:
+    """What reports say about a model, as plain data: how it was obtained, on what, and how it scored.
 
-    model: TappedModel
+    It crosses processes (pytest-xdist workers -> controller) where the model itself does not.
+    """
+
     recipe: Recipe
     key: str
     evaluation: Evaluation
@@ -40,12 +51,34 @@ class Trained:
     source: str = "trained"  # trained | cache | pinned
     weights: str = ""  # sha256 of the weights (state_digest): what a student's key names its teacher by
     machine: str = ""  # where it was trained
+    settings: dict[str, Any] = field(default_factory=dict)  # torch, device type, kernels, threads, determinism
 
     @property
     def provenance(self) -> str:
         """One phrase for reports: pinned teacher + sha256 prefix, trained now, or from cache."""
         how = {"trained": "trained now", "cache": "from cache", "pinned": "pinned"}[self.source]
         return f"{self.recipe.name} s{self.recipe.seed}: {how} ({self.weights[:12]}, {self.seconds:.0f} s to train)"
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"recipe": self.recipe.to_dict(), "key": self.key, "confusion": self.evaluation.confusion.tolist(),
+                "history": [vars(h) for h in self.history], "seconds": self.seconds, "source": self.source,
+                "weights": self.weights, "machine": self.machine, "settings": dict(self.settings)}
+
+    @classmethod
+    def from_wire(cls, d: dict[str, Any]) -> "ModelRecord":
+        return cls(Recipe.from_dict(d["recipe"]), d["key"], Evaluation(torch.tensor(d["confusion"])),
+                   [EpochRecord(**h) for h in d["history"]], d["seconds"], d["source"], d["weights"], d["machine"],
+                   d["settings"])
+
+
+@dataclass
+class Trained(ModelRecord):
+    """A trained model with what the claims need to judge it, and how it was obtained."""
+
+    model: TappedModel | None = None
+
+    def record(self) -> ModelRecord:
+        return ModelRecord(**{k: v for k, v in vars(self).items() if k != "model"})
 
 
 def result_metrics(result: TrainResult, key: str) -> dict[str, Any]:
@@ -58,6 +91,7 @@ def result_metrics(result: TrainResult, key: str) -> dict[str, Any]:
         "train_seconds": result.seconds,
         "machine": machine_description(next(result.model.parameters()).device),
         "trainer_version": TRAINER_VERSION,
+        "settings": numeric_settings(next(result.model.parameters()).device),
     }
 
 
@@ -91,7 +125,8 @@ class ModelCache:
 
     def key(self, recipe: Recipe, teacher: Trained | None = None) -> str:
         dataset = self.datasets[recipe.dataset]
-        parts = [recipe.fingerprint(), dataset.variant, dataset.checksum, TRAINER_VERSION]
+        parts = [recipe.fingerprint(), dataset.variant, dataset.checksum, TRAINER_VERSION,
+                 cache_key_settings(dataset.test.images.device)]
         if recipe.teacher:
             if teacher is None:
                 raise ValueError(f"{recipe.name}: the key of a student names its teacher's weights")
@@ -118,15 +153,25 @@ class ModelCache:
         path = self.path(recipe, key)
         trained = self._load(path, recipe, key, device) if path.is_file() else None
         if trained is None:
-            result = fit(recipe, dataset, teacher=teacher.model if teacher else None, progress=self.progress)
-            metrics = result_metrics(result, key)
-            payload = checkpoint_payload(result.model, recipe.arch, recipe.arch_kwargs, dataset, recipe.to_dict(),
-                                         metrics)
-            save_checkpoint(path, payload, force=True)
-            trained = Trained(result.model, recipe, key, result.evaluation, result.history, result.seconds,
-                              "trained", metrics["weights_sha256"], metrics["machine"])
+            with exclusive(path, f"{recipe.name} seed {recipe.seed}", say=self._say):
+                trained = self._load(path, recipe, key, device) if path.is_file() else None  # filled while we waited
+                if trained is None:
+                    if path.exists():
+                        self._say(f"cache entry {path.name} is unreadable or corrupt: retraining it")
+                    trained = self._train(recipe, key, path, dataset, teacher)
         self._memory[key] = trained
         return trained
+
+    def _train(self, recipe: Recipe, key: str, path: Path, dataset: Dataset, teacher: Trained | None) -> Trained:
+        result = fit(recipe, dataset, teacher=teacher.model if teacher else None, progress=self.progress)
+        metrics = result_metrics(result, key)
+        payload = checkpoint_payload(result.model, recipe.arch, recipe.arch_kwargs, dataset, recipe.to_dict(), metrics)
+        save_checkpoint(path, payload, force=True)  # atomic rename: a reader of the old entry keeps its inode
+        return Trained(recipe, key, result.evaluation, result.history, result.seconds, "trained",
+                       metrics["weights_sha256"], metrics["machine"], metrics["settings"], model=result.model)
+
+    def _say(self, message: str) -> None:
+        print(f"kdverify: {message}", file=sys.stderr, flush=True)
 
     def adopt(self, checkpoint: str | os.PathLike) -> Path:
         """Make a model trained elsewhere by `kdverify train` (a long run in the background, in parts)
@@ -146,8 +191,9 @@ class ModelCache:
         if ckpt.dataset_variant != dataset.variant:
             raise CheckpointError(f"{checkpoint}: trained on {ckpt.dataset_variant}, this data is {dataset.variant}")
         path = self.path(recipe, key)
-        save_checkpoint(path, checkpoint_payload(ckpt.model, ckpt.arch, ckpt.arch_kwargs, dataset, ckpt.recipe,
-                                                 metrics), force=True)
+        with exclusive(path, f"{recipe.name} seed {recipe.seed}", say=self._say):
+            save_checkpoint(path, checkpoint_payload(ckpt.model, ckpt.arch, ckpt.arch_kwargs, dataset, ckpt.recipe,
+                                                     metrics), force=True)
         return path
 
     def _load(self, path: Path, recipe: Recipe, key: str, device: torch.device) -> Trained | None:
@@ -157,9 +203,9 @@ class ModelCache:
             metrics = ckpt.metrics
             if metrics.get("cache_key") != key or metrics.get("weights_sha256") != state_digest(ckpt.model):
                 return None
-            return Trained(ckpt.model.to(device), recipe, key, Evaluation(torch.tensor(metrics["test"]["confusion"])),
+            return Trained(recipe, key, Evaluation(torch.tensor(metrics["test"]["confusion"])),
                            *_recorded_training(metrics), "cache", metrics["weights_sha256"],
-                           metrics.get("machine", ""))
+                           metrics.get("machine", ""), dict(metrics.get("settings", {})), model=ckpt.model.to(device))
         except (CheckpointError, KeyError, TypeError, ValueError):
             return None  # corrupted or foreign entry: retrain, never trust it
 
@@ -173,7 +219,8 @@ class ModelCache:
             model = ckpt.model.to(device)
             metrics = ckpt.metrics
             self._memory[memo] = Trained(
-                model, recipe, ckpt.sha256[:16], evaluate(model, dataset.test, dataset.mean, dataset.std),
+                recipe, ckpt.sha256[:16], evaluate(model, dataset.test, dataset.mean, dataset.std),
                 *_recorded_training(metrics), "pinned", state_digest(model),
-                metrics.get("machine") or read_manifest()[recipe.name]["machine"])
+                metrics.get("machine") or read_manifest()[recipe.name]["machine"], dict(metrics.get("settings", {})),
+                model=model)
         return self._memory[memo]

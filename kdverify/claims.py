@@ -13,7 +13,7 @@ the declaration is removed); REPORT (measured and shown, never gated: e.g. tuned
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Protocol
 
 import torch
@@ -236,7 +236,7 @@ def measure(claim: Claim, lab: Lab) -> Measurement:
 
 # ---------------------------------------------------------------- verdicts
 
-FAILING = ("FAIL", "XPASS")
+FAILING = ("FAIL", "XPASS", "ERROR")  # ERROR: it could not be measured although it should (e.g. corrupt data)
 
 
 @dataclass
@@ -251,10 +251,22 @@ class Verdict:
     device: str = ""
     data_variant: str = ""
     provenance: str = ""  # how the models behind it were obtained (pinned teacher + sha256, trained, cache)
+    environment: dict[str, Any] = field(default_factory=dict)  # versions, device, threads, data checksum
 
     @property
     def failed(self) -> bool:
         return self.verdict in FAILING
+
+    def to_wire(self) -> dict[str, Any]:
+        """Plain data that crosses processes (pytest-xdist workers -> controller) and rebuilds the verdict."""
+        return {**{k: v for k, v in vars(self).items() if k not in ("claim", "threshold")},
+                "claim": asdict(self.claim), "threshold": asdict(self.threshold)}
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> "Verdict":
+        claim = dict(data["claim"])
+        claim["threshold"] = Threshold(**claim["threshold"])
+        return cls(**{**data, "claim": Claim(**claim), "threshold": Threshold(**data["threshold"])})
 
     def to_dict(self) -> dict[str, Any]:
         return {"claim": self.claim.id, "source": self.claim.source, "statement": self.claim.statement,
@@ -262,7 +274,8 @@ class Verdict:
                 "threshold": str(self.threshold), "rule": self.threshold.rule, "verdict": self.verdict,
                 "gated": self.claim.gated, "xfail": self.claim.xfail, "same_model_as": self.claim.same_model_as,
                 "detail": self.detail, "seconds": round(self.seconds, 1), "device": self.device,
-                "data_variant": self.data_variant, "budget": self.budget, "provenance": self.provenance}
+                "data_variant": self.data_variant, "budget": self.budget, "provenance": self.provenance,
+                "environment": self.environment}
 
 
 def judge(claim: Claim, measured: Measurement, data_variant: str = "") -> tuple[str, Threshold]:

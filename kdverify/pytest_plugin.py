@@ -4,36 +4,82 @@ Shaped like pytest-benchmark's: options in one group with one prefix (`--kd-`), 
 registered in `pytest_configure`, GPU-only claims skipped in `pytest_collection_modifyitems`,
 small fixtures that delegate to one session object (`kdverify.lab.ClaimsLab`), and the table
 printed in `pytest_terminal_summary`.
+
+Under pytest-xdist (`-n auto`) every worker has its own lab; they share the locked model cache,
+so each recipe is trained once. Fixtures attach verdicts to test reports and the controller
+gathers them (`kdverify.ledger`), so there is one table and one report, in collection order.
+The built-in claims are one test class per teacher and `-n` defaults to `--dist loadscope`, so a
+worker that computed a teacher's outputs serves all of its students.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
+import shlex
+import sys
 from typing import Callable
 
 import pytest
 
 from kdverify.claims import Claim, Verdict
-from kdverify.errors import DataError
+from kdverify.errors import DataCorrupt, DataError
+from kdverify.ledger import Ledger, attach
 
 LAB_KEY = pytest.StashKey["object"]()
+LEDGER_KEY = pytest.StashKey[Ledger]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("kdverify", "kdverify: knowledge-distillation claims")
     group.addoption("--kd-data-root", default=None, metavar="DIR",
                     help="dataset root in torchvision's layout (default: $KDVERIFY_DATA)")
+    group.addoption("--kd-require-data", choices=("auto", "yes", "no"), default="auto",
+                    help="missing data fails the claims instead of skipping them; auto = yes when a data root is "
+                         "given (--kd-data-root or $KDVERIFY_DATA). Corrupt data always fails. (default: auto)")
     group.addoption("--kd-budget", choices=("ci", "paper", "original"), default="ci",
                     help="how models are obtained (thresholds are the same in every budget): ci = pinned teachers, "
                          "students trained (default); paper = everything trained with kdverify's fast recipes; "
                          "original = the works' own recipes (GPU)")
     group.addoption("--kd-device", choices=("auto", "cpu", "cuda"), default="auto",
-                    help="where to train; auto = CUDA when present (default: auto)")
+                    help="where to train; auto = CUDA when present; with -n and several GPUs worker k uses "
+                         "cuda:(k mod n) (default: auto)")
     group.addoption("--kd-cache", default=None, metavar="DIR",
-                    help="trained-model cache (default: $KDVERIFY_CACHE/models or ~/.cache/kdverify/models)")
+                    help="trained-model cache, shareable between processes and machines (default: "
+                         "$KDVERIFY_CACHE/models or ~/.cache/kdverify/models)")
+    group.addoption("--kd-deterministic", action="store_true", default=False,
+                    help="1 thread and deterministic kernels: bit-identical weights across processes (slower)")
     group.addoption("--kd-report", default=None, metavar="DIR",
                     help="write report.md, report.json and PNG pictures of the claims here")
+    group.addoption("--kd-import", action="append", default=[], metavar="MODULE",
+                    help="import MODULE first (it may register models, datasets, objectives, recipes); repeatable")
+    parser.addini("kd_import", type="linelist", default=[], help="modules kdverify imports first (like --kd-import)")
+
+
+def _default_to_loadscope(config: pytest.Config) -> None:
+    """`-n N` without `--dist`: send each test class (the claims of one teacher) to one worker.
+
+    `loadscope`, not `loadgroup`: with pytest 9.2, xdist's loadgroup silently stops grouping (it renames
+    node ids, which pytest no longer reads back: pytest-dev/pytest-xdist#1386). xdist turns `-n` into
+    `--dist load` before any plugin can see whether `--dist` was typed, so look where it could have been.
+    """
+    option = config.option
+    if getattr(config, "workerinput", None) or not getattr(option, "numprocesses", None) or option.dist != "load":
+        return
+    typed = [*config.invocation_params.args, *shlex.split(os.environ.get("PYTEST_ADDOPTS", "")),
+             *config.getini("addopts")]
+    if not any(str(a).startswith(("--dist", "-d")) for a in typed):
+        option.dist = "loadscope"
+
+
+def _import_user_modules(config: pytest.Config) -> None:
+    sys.path.insert(0, str(config.rootpath)) if str(config.rootpath) not in sys.path else None
+    for name in [*config.getini("kd_import"), *config.getoption("--kd-import")]:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise pytest.UsageError(f"--kd-import {name}: cannot import it ({exc})") from None
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -41,6 +87,10 @@ def pytest_configure(config: pytest.Config) -> None:
                                        "checks the published number within its stated tolerance")
     config.addinivalue_line("markers", "claims_gpu(budgets): a claim whose listed budgets need a GPU; "
                                        "skipped with a reason when none is present")
+    _default_to_loadscope(config)
+    config.stash[LEDGER_KEY] = Ledger()
+    config.pluginmanager.register(config.stash[LEDGER_KEY], "kdverify-ledger")  # gathers verdicts from reports
+    _import_user_modules(config)
     if config.getoption("--kd-device", "auto") == "cuda":
         import torch
 
@@ -48,36 +98,59 @@ def pytest_configure(config: pytest.Config) -> None:
             raise pytest.UsageError("--kd-device cuda asked for, but torch sees no CUDA device")
 
 
+def _worker(config: pytest.Config) -> tuple[int, int] | None:
+    """(index, count) on a pytest-xdist worker, None elsewhere."""
+    info = getattr(config, "workerinput", None)
+    return (int(info["workerid"].lstrip("gw") or 0), int(info["workercount"])) if info else None
+
+
 def _lab(config: pytest.Config):  # noqa: ANN202 - imported lazily so plain `pytest` stays light
     if LAB_KEY not in config.stash:
-        from kdverify.lab import ClaimsLab
+        import torch
 
+        from kdverify.cpu_memory import keep_freed_memory
+        from kdverify.lab import ClaimsLab
         from kdverify.train import progress_line
 
         opt = config.getoption
         reporter = config.pluginmanager.get_plugin("terminalreporter")
         capture = config.pluginmanager.get_plugin("capturemanager")
+        worker = _worker(config)
+        if worker and not opt("--kd-deterministic"):
+            torch.set_num_threads(max(1, torch.get_num_threads() // worker[1]))  # workers share the cores
 
         def progress(recipe, record, total) -> None:  # noqa: ANN001
             """Shown live: training runs inside a test, where pytest captures output at the fd level."""
-            if reporter is None:
-                return
+            line = progress_line(recipe, record, total)
             with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
-                reporter.write_line(progress_line(recipe, record, total))
+                if worker:  # a worker's terminal is not shown; its stderr is the controller's
+                    os.write(2, f"[gw{worker[0]}] {line}\n".encode())
+                elif reporter is not None:
+                    reporter.write_line(line)
 
-        config.stash[LAB_KEY] = ClaimsLab(opt("--kd-data-root") or os.environ.get("KDVERIFY_DATA"),
-                                          opt("--kd-budget"), opt("--kd-device"), opt("--kd-cache"), progress=progress)
+        keep_freed_memory()  # this process is pytest's: reuse freed heap pages (see kdverify.cpu_memory)
+        config.stash[LAB_KEY] = ClaimsLab(_data_root(config), opt("--kd-budget"), opt("--kd-device"),
+                                          opt("--kd-cache"), progress=progress,
+                                          deterministic=opt("--kd-deterministic"),
+                                          worker=worker[0] if worker else 0)
     return config.stash[LAB_KEY]
+
+
+def _data_root(config: pytest.Config) -> str | None:
+    return config.getoption("--kd-data-root") or os.environ.get("KDVERIFY_DATA")
+
+
+def _data_required(config: pytest.Config) -> bool:
+    choice = config.getoption("--kd-require-data")
+    return choice == "yes" or (choice == "auto" and _data_root(config) is not None)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     budget, device = config.getoption("--kd-budget"), config.getoption("--kd-device")
-    if device == "cpu":
-        return  # asked for explicitly: run it on the CPU, however long it takes
     for item in items:
         marker = item.get_closest_marker("claims_gpu")
-        if marker is None or budget not in marker.kwargs.get("budgets", ("original",)):
-            continue
+        if device == "cpu" or marker is None or budget not in marker.kwargs.get("budgets", ("original",)):
+            continue  # --kd-device cpu: asked for explicitly, run it on the CPU however long it takes
         import torch
 
         if not torch.cuda.is_available():
@@ -92,21 +165,31 @@ def kd_lab(pytestconfig: pytest.Config):  # noqa: ANN201
     return _lab(pytestconfig)
 
 
+def _data_problem(config: pytest.Config, exc: DataError) -> tuple[str, Callable[[str], None]]:
+    """SKIP when data is simply absent and was not asked for; otherwise an ERROR that fails the test."""
+    if isinstance(exc, DataCorrupt) or _data_required(config):
+        why = "corrupt data" if isinstance(exc, DataCorrupt) else "data required (a data root was given)"
+        return "ERROR", lambda text: pytest.fail(f"{why}: {text}", pytrace=False)
+    return "SKIP", lambda text: pytest.skip(f"no data: {text}")
+
+
 @pytest.fixture
-def kd_trained(kd_lab) -> Callable:  # noqa: ANN001
+def kd_trained(kd_lab, request: pytest.FixtureRequest) -> Callable:  # noqa: ANN001
     """`kd_trained(recipe, seed=None)` -> a trained model (cached); skips when its data is missing."""
 
     def get(recipe: str, seed: int | None = None):  # noqa: ANN202
         try:
-            return kd_lab.trained(recipe, seed)
+            model = kd_lab.trained(recipe, seed)
         except DataError as exc:
-            pytest.skip(f"no data: {exc}")
+            _data_problem(request.config, exc)[1](str(exc))
+        attach(request.node, None, [model.record()])
+        return model
 
     return get
 
 
 @pytest.fixture
-def kd_claim(kd_lab) -> Callable[[Claim | str], Verdict]:  # noqa: ANN001
+def kd_claim(kd_lab, request: pytest.FixtureRequest) -> Callable[[Claim | str], Verdict]:  # noqa: ANN001
     """`kd_claim(claim_or_id)` measures, records and asserts a claim (the same threshold in every budget)."""
 
     def check(claim: Claim | str) -> Verdict:
@@ -117,8 +200,10 @@ def kd_claim(kd_lab) -> Callable[[Claim | str], Verdict]:  # noqa: ANN001
         try:
             verdict = kd_lab.check(claim)
         except DataError as exc:
-            kd_lab.skip(claim, f"no data: {exc}")
-            pytest.skip(f"no data: {exc}")
+            status, stop = _data_problem(request.config, exc)
+            attach(request.node, kd_lab.not_measured(claim, f"{exc}", status), [])
+            stop(str(exc))
+        attach(request.node, verdict, kd_lab.last_models)
         detail = f" ({verdict.detail})" if verdict.detail else ""
         measured = f"{claim.id}: measured {verdict.measured:.10g}{detail}, threshold {verdict.threshold}"
         if claim.paper_value is not None:
@@ -136,19 +221,22 @@ def kd_claim(kd_lab) -> Callable[[Claim | str], Verdict]:  # noqa: ANN001
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:  # noqa: ANN001
-    lab = config.stash.get(LAB_KEY, None)
-    if lab is None or not lab.verdicts:
+    if _worker(config):
+        return  # the controller speaks for every worker
+    ledger = config.stash.get(LEDGER_KEY, None)
+    if ledger is None or not ledger.verdicts:
         return
     from kdverify.report import budget_note, summary_line, table, write_report
 
+    verdicts = ledger.verdicts
     tr = terminalreporter
-    tr.section(f"kdverify claims ({lab.budget} budget)")
-    tr.write_line(table(lab.verdicts))
-    tr.write_line(summary_line(lab.verdicts))
-    note = budget_note(lab.verdicts)
+    tr.section(f"kdverify claims ({ledger.budget} budget)")
+    tr.write_line(table(verdicts))
+    tr.write_line(summary_line(verdicts))
+    note = budget_note(verdicts)
     if note:
         tr.write_line(note)
     folder = config.getoption("--kd-report")
     if folder:
-        written = write_report(folder, lab.verdicts, lab.trained_models())
+        written = write_report(folder, verdicts, ledger.models)
         tr.write_line("report: " + ", ".join(written))

@@ -196,9 +196,22 @@ RECIPES: dict[str, dict[str, Recipe]] = {
 PINNED_TEACHERS = ("hinton-teacher", "tutorial-deepnn")  # shipped in kdverify/teachers/, used by `ci`
 
 
+def register_recipe(fast: Recipe, original: Recipe | None = None, replace: bool = False) -> Recipe:
+    """Make a recipe available by name: `fast` for the ci/paper budgets, `original` (default: the same)
+    for the original budget. Registering a different recipe under a taken name needs `replace=True`."""
+    pair = {"fast": fast, "original": original or fast}
+    if any(r.name != fast.name for r in pair.values()):
+        raise ValueError(f"recipe {fast.name!r}: the fast and original recipes must share the name")
+    if fast.name in RECIPES and RECIPES[fast.name] != pair and not replace:
+        raise ValueError(f"recipe {fast.name!r} is already registered; pass replace=True to replace it")
+    RECIPES[fast.name] = pair
+    return fast
+
+
 def get_recipe(name: str, budget: str = "ci") -> Recipe:
     """Look a recipe up by name and budget; a clear KeyError names what exists."""
     kind = recipe_kind(budget)
     if name not in RECIPES:
-        raise KeyError(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}")
+        raise KeyError(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}; register it with "
+                       "kdverify.recipes.register_recipe in a module you --import")
     return RECIPES[name][kind]

@@ -54,8 +54,9 @@ def summary_line(verdicts: Sequence[Verdict]) -> str:
     n = Counter(v.verdict for v in verdicts)
     again = sum(v.verdict == "PASS" and bool(v.claim.same_model_as) for v in verdicts)
     passes = f"{n['PASS']} passed" + (f" ({again} of them re-measure a model judged by another claim)" if again else "")
-    fails = f"{n['FAIL'] + n['XPASS']} failed" + (
-        f" ({n['XPASS']} of them xpassed (strict: failure))" if n["XPASS"] else "")
+    why = [f"{n['XPASS']} of them xpassed (strict: failure)"] if n["XPASS"] else []
+    why += [f"{n['ERROR']} of them could not be measured (data)"] if n["ERROR"] else []
+    fails = f"{n['FAIL'] + n['XPASS'] + n['ERROR']} failed" + (f" ({'; '.join(why)})" if why else "")
     return (f"claims: {passes}, {fails}, {n['XFAIL']} xfailed, {n['REPORT']} reported (not gated), "
             f"{n['SKIP']} skipped")
 

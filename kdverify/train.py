@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdverify.cpu_memory import keep_freed_memory
 from kdverify.data import Augmentation, Dataset, Split, balanced_subset, filter_classes, get_augmentation, \
     iterate_batches, normalize, split_holdout
 from kdverify.losses import cosine_loss, hint_loss, kd_loss
@@ -174,7 +173,8 @@ def transfer_indices(recipe: Recipe, dataset: Dataset) -> tuple[torch.Tensor, to
     labels = dataset.train.labels
     index = torch.arange(len(labels), device=labels.device)
     if recipe.train_subset:
-        index = balanced_subset(Split(index, labels), recipe.train_subset, len(dataset.classes)).images
+        index = balanced_subset(Split(index, labels), recipe.train_subset, len(dataset.classes),
+                                seed=recipe.seed).images
     train, holdout = split_holdout(Split(index, labels[index]), recipe.holdout)
     return filter_classes(train, keep=recipe.keep_classes, drop=recipe.drop_classes).images, holdout.images
 
@@ -299,8 +299,6 @@ class TrainingRun:
 
     def __init__(self, recipe: Recipe, dataset: Dataset, teacher: TappedModel | None = None) -> None:
         device = dataset.test.images.device
-        if device.type == "cpu":
-            keep_freed_memory()  # no page faults on the buffers every step frees and re-allocates
         self.recipe, self.dataset = recipe, dataset
         self.augmentation = get_augmentation(recipe.augment)
         self.origin, _ = transfer_indices(recipe, dataset)  # transfer set -> index into the training split

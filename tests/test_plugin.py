@@ -28,8 +28,9 @@ def test_plain_unit():
 
 @pytest.fixture
 def no_data(pytester, tmp_path, monkeypatch):
-    monkeypatch.setenv("KDVERIFY_DATA", str(tmp_path / "empty"))
-    monkeypatch.setenv("KDVERIFY_CACHE", str(tmp_path / "cache"))
+    """No data root given at all: the data is looked for in the user cache and the claims may skip."""
+    monkeypatch.delenv("KDVERIFY_DATA", raising=False)
+    monkeypatch.setenv("KDVERIFY_CACHE", str(tmp_path / "empty"))
     pytester.makepyfile(test_user=USER_CLAIMS)
     return pytester
 
@@ -157,3 +158,29 @@ def test_training_progress_is_shown_live_despite_output_capture(pytester):
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")  # real fd-level capture
     result.stdout.fnmatch_lines(["*[[]hinton-teacher seed 0[]] epoch    3/*  loss 0.2500  test errors 140 (1.40%)*"])
     assert result.ret == 0
+
+
+def test_a_given_data_root_without_data_fails_the_run(no_data, tmp_path, monkeypatch):
+    """The README's command sets KDVERIFY_DATA: if that folder holds no data, CI must fail, not skip to green."""
+    monkeypatch.setenv("KDVERIFY_DATA", str(tmp_path / "nowhere"))
+    result = no_data.runpytest("-p", "no:cacheprovider", "-k", "needs_mnist or params")
+    result.assert_outcomes(passed=1, failed=1)
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(["*data required (a data root was given): MNIST file*not found in*nowhere*",
+                                 "hinton.teacher*ERROR*", "claims: 1 passed, 1 failed (1 of them could not be "
+                                 "measured (data))*"])
+    result = no_data.runpytest("-p", "no:cacheprovider", "-k", "needs_mnist", "--kd-require-data", "no")
+    result.assert_outcomes(skipped=1)
+
+
+def test_corrupt_data_fails_even_when_missing_data_may_skip(no_data, tmp_path, monkeypatch):
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        (raw / name).write_bytes(b"\x00\x00\x08\x03" + bytes(64))  # the right names, the wrong bytes
+    monkeypatch.setenv("KDVERIFY_DATA", str(tmp_path / "data"))
+    result = no_data.runpytest("-p", "no:cacheprovider", "-k", "needs_mnist or user_fixture",
+                               "--kd-require-data", "no")
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines(["*corrupt data: MNIST file train-images-idx3-ubyte*fails its checksum*"])

@@ -33,9 +33,9 @@ def _trained(recipe="hinton-student-kd", errors=7, history=((1, 20), (2, 7)), so
     confusion = torch.eye(10, dtype=torch.int64) * 1000
     confusion[3, 3] -= errors
     confusion[3, 5] = errors  # 10000 test images, `errors` of them wrong
-    return Trained(HintonMLP(16), get_recipe(recipe, "ci"), "k", Evaluation(confusion),
+    return Trained(get_recipe(recipe, "ci"), "k", Evaluation(confusion),
                    [EpochRecord(e, 0.5, n, 1.0) for e, n in history], 321.0, source, "ab12cd34ef56" + "0" * 52,
-                   "cpu: 2 cores")
+                   "cpu: 2 cores", {"torch": "2.13.0+cpu", "threads": 2}, model=HintonMLP(16))
 
 
 def _mixed():
@@ -170,7 +170,7 @@ def test_seeded_claims_train_each_seed_once_at_the_labs_offset(tmp_path):
         errors = 500 if recipe.name == "tutorial-lightnn" else 400
         confusion = torch.diag(torch.full((10,), 100))
         confusion[0, 1] = errors  # 1000 + errors test images, `errors` of them wrong
-        return Trained(HintonMLP(16), recipe, "k", Evaluation(confusion), [])
+        return Trained(recipe, "k", Evaluation(confusion), [], model=HintonMLP(16))
 
     lab.dataset = lambda name: None
     lab.cache.get = fake_get
