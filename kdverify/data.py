@@ -8,26 +8,37 @@ Layouts read (the same ones torchvision downloads, so a torchvision folder works
   <root>/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]
   <root>/cifar-10-batches-py/{data_batch_1..5,test_batch}         (original CIFAR-10, preferred)
   <root>/cifar10-jpeg/cifar10-jpeg-q75.tar.gz                     (lossy JPEG stand-in)
+
+Other datasets plug in by name: `register_dataset("name", loader)` with `loader(root) -> Dataset`
+(`Dataset.from_tensors` builds one from plain tensors). Failures are one line: `DataMissing` when
+files are not there (claims skip), `DataCorrupt` when they are there but truncated, modified or
+undecodable (always an error). The decoded JPEG cache is a copy: if it does not read back whole,
+it is rebuilt, never trusted and never fatal.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
+import json
 import os
 import pickle
+import sys
 import tarfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kdverify.errors import DataError
-from kdverify.io import atomic_write_bytes
+from kdverify.errors import DataCorrupt, DataError, DataMissing
+from kdverify.io import atomic_write_bytes, describe_os_error
+from kdverify.locks import exclusive
 
 # md5 of the *uncompressed* IDX bytes: the .gz wrapper may differ between mirrors.
 MNIST_MD5 = {
@@ -46,6 +57,8 @@ CIFAR_BATCH_MD5 = {  # torchvision's checksums of the original python batches
 }
 CIFAR_JPEG_TAR = "cifar10-jpeg/cifar10-jpeg-q75.tar.gz"
 CIFAR_JPEG_MD5 = "4525fa6bf275c7a753fb3748765c8a02"
+CIFAR_JPEG_SIZES = {"train": 50000, "test": 10000}  # images per split in the tar whose md5 is above
+CIFAR_IMAGE_SHAPE = (3, 32, 32)
 
 MNIST_CLASSES = tuple(str(d) for d in range(10))
 CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -56,6 +69,11 @@ HOW_TO_GET = (
     "point --data-root / KDVERIFY_DATA at a folder in torchvision's layout "
     "(e.g. torchvision.datasets.{name}(root, download=True) fills one)"
 )
+REDOWNLOAD = "delete it and download it again (torchvision.datasets.{name}(root, download=True) does)"
+MNIST_FIX = REDOWNLOAD.format(name="MNIST")
+CIFAR_FIX = REDOWNLOAD.format(name="CIFAR10")
+CIFAR_JPEG_FIX = "replace it with an intact copy of cifar10-jpeg-q75.tar.gz"
+CIFAR_JPEG_WHAT = "decoding CIFAR-10 JPEG stand-in"
 
 
 def default_cache_dir() -> Path:
@@ -73,6 +91,38 @@ def resolve_data_root(root: str | os.PathLike | None = None) -> Path:
     if os.environ.get("KDVERIFY_DATA"):
         return Path(os.environ["KDVERIFY_DATA"]).expanduser()
     return default_cache_dir() / "data"
+
+
+def _say(message: str) -> None:
+    print(f"kdverify: {message}", file=sys.stderr, flush=True)
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of an exception, for one-line errors (zlib and zipfile messages can run long)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+def _read_bytes(path: Path, fix: str) -> bytes:
+    """A file that is there but cannot be read (permissions, I/O error) is corrupt, not missing."""
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise DataCorrupt(f"cannot read {path} ({_reason(exc)}); {fix}") from None
+
+
+def _md5_file(path: Path, fix: str) -> str:
+    """md5 in 1 MiB chunks, so a large archive is never held in memory just to be hashed."""
+    digest = hashlib.md5()
+    try:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    except OSError as exc:
+        raise DataCorrupt(f"cannot read {path} ({_reason(exc)}); {fix}") from None
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -113,28 +163,116 @@ class Dataset:
         return Dataset(self.name, self.variant, self.checksum, self.classes, self.mean, self.std,
                        self.train.to(device), self.test.to(device))
 
+    @classmethod
+    def from_tensors(cls, name: str, train_images: torch.Tensor, train_labels: torch.Tensor,
+                     test_images: torch.Tensor, test_labels: torch.Tensor, classes: Sequence[str] | None = None,
+                     mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                     variant: str | None = None) -> "Dataset":
+        """A Dataset from plain tensors: uint8 images (N, C, H, W) and integer labels (N,).
+
+        Checked here, so a float image or a one-hot label fails in one line instead of deep in
+        training. Defaults: classes "0".."max label", mean/std of the train images (per channel,
+        on the 0..1 scale), variant = name. The checksum covers the bytes and the normalisation.
+        """
+        train = _checked_split("train", train_images, train_labels)
+        test = _checked_split("test", test_images, test_labels)
+        if train.images.shape[1:] != test.images.shape[1:]:
+            raise DataError(f"train images are {tuple(train.images.shape[1:])} but test images are "
+                            f"{tuple(test.images.shape[1:])}; both splits need the same (C, H, W)")
+        top = int(max(train.labels.max(), test.labels.max()))
+        names = tuple(str(c) for c in classes) if classes is not None else tuple(str(i) for i in range(top + 1))
+        if top >= len(names):
+            raise DataError(f"label {top} needs at least {top + 1} classes but {len(names)} are named; fix the "
+                            "labels or pass more classes")
+        stats = _channel_stats(train.images) if mean is None or std is None else (mean, std)
+        mean = tuple(float(v) for v in (stats[0] if mean is None else mean))
+        std = tuple(float(v) for v in (stats[1] if std is None else std))
+        _check_norm(mean, std, channels=train.images.shape[1])
+        checksum = _tensors_checksum(train, test, names, mean, std)
+        return cls(name, variant or name, checksum, names, mean, std, train, test)
+
+
+def _checked_split(split: str, images: torch.Tensor, labels: torch.Tensor) -> Split:
+    """Images must already be uint8 (guessing a float scale would normalise wrongly); labels any integer type."""
+    images, labels = torch.as_tensor(images), torch.as_tensor(labels)
+    if images.dtype != torch.uint8 or images.ndim != 4:
+        raise DataError(f"{split} images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool or labels.ndim != 1:
+        raise DataError(f"{split} labels must be integer class indices (N,), got {labels.dtype} {tuple(labels.shape)}")
+    if len(labels) != len(images) or len(labels) == 0:
+        raise DataError(f"{split} split has {len(images)} images and {len(labels)} labels; it needs the same "
+                        "number, at least one")
+    if int(labels.min()) < 0:
+        raise DataError(f"{split} labels must be >= 0, found {int(labels.min())}")
+    return Split(images, labels.to(images.device, torch.int64))
+
+
+def _channel_stats(images: torch.Tensor, chunk: int = 1024) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of images / 255, in float64 chunks (a float copy of CIFAR is 600 MB)."""
+    total = torch.zeros(images.shape[1], dtype=torch.float64, device=images.device)
+    squares = torch.zeros_like(total)
+    for start in range(0, len(images), chunk):
+        x = images[start:start + chunk].to(torch.float64) / 255.0
+        total += x.sum((0, 2, 3))
+        squares += (x * x).sum((0, 2, 3))
+    count = images.shape[0] * images.shape[2] * images.shape[3]
+    mean = total / count
+    return mean.tolist(), (squares / count - mean * mean).clamp_min(0).sqrt().tolist()
+
+
+def _check_norm(mean: tuple[float, ...], std: tuple[float, ...], channels: int) -> None:
+    if len(mean) != channels or len(std) != channels:
+        raise DataError(f"mean and std need one value per channel ({channels}), got {len(mean)} and {len(std)}")
+    if not all(np.isfinite(mean)) or not all(s > 0 and np.isfinite(s) for s in std):
+        raise DataError(f"std must be positive and finite per channel, got {std} (a constant channel has std 0: "
+                        "pass std=)")
+
+
+def _tensors_checksum(train: Split, test: Split, classes: tuple[str, ...],
+                      mean: tuple[float, ...], std: tuple[float, ...]) -> str:
+    """sha256 of the exact bytes plus what changes training on them (shapes, classes, normalisation),
+    because the checksum is part of every cache key."""
+    parts = (train.images, train.labels, test.images, test.labels)
+    header = {"shapes": [list(t.shape) for t in parts], "classes": classes, "mean": mean, "std": std}
+    digest = hashlib.sha256(json.dumps(header, sort_keys=True).encode())
+    for tensor in parts:
+        digest.update(tensor.detach().cpu().contiguous().numpy())
+    return digest.hexdigest()[:16]
+
 
 # ---------------------------------------------------------------- MNIST
 
 
-def _read_idx(raw_dir: Path, name: str) -> np.ndarray:
+def _mnist_payload(raw_dir: Path, name: str) -> bytes:
+    """The uncompressed IDX bytes of `name` or `name.gz`; a broken gzip stream is DataCorrupt, not a traceback."""
     plain, packed = raw_dir / name, raw_dir / f"{name}.gz"
+    if plain.is_file():
+        return _read_bytes(plain, MNIST_FIX)
+    if not packed.is_file():
+        raise DataMissing(f"MNIST file {name}[.gz] not found in {raw_dir}; {HOW_TO_GET.format(name='MNIST')}")
+    payload = _read_bytes(packed, MNIST_FIX)
     try:
-        if plain.is_file():
-            payload = plain.read_bytes()
-        elif packed.is_file():
-            payload = gzip.decompress(packed.read_bytes())
-        else:
-            raise DataError(f"MNIST file {name}[.gz] not found in {raw_dir}; {HOW_TO_GET.format(name='MNIST')}")
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
-        raise DataError(f"MNIST file {name} in {raw_dir} is unreadable ({exc}); replace it") from None
+        return gzip.decompress(payload)
+    except (zlib.error, gzip.BadGzipFile, EOFError, OSError) as exc:
+        raise DataCorrupt(f"MNIST file {packed} is not a valid gzip stream ({_reason(exc)}); {MNIST_FIX}") from None
+
+
+def _parse_idx(payload: bytes, where: Path) -> np.ndarray:
+    """IDX: two zero bytes, type 0x08 (uint8), ndim, ndim big-endian sizes, then exactly that many bytes."""
+    ndim = payload[3] if len(payload) >= 4 and payload[:3] == b"\x00\x00\x08" else -1
+    dims = np.frombuffer(payload, ">u4", count=ndim, offset=4).astype(int) if 4 + 4 * ndim <= len(payload) else None
+    if ndim < 1 or dims is None or len(payload) != 4 + 4 * ndim + int(np.prod(dims)):
+        raise DataCorrupt(f"MNIST file {where} is not a uint8 IDX file of the size its header says; {MNIST_FIX}")
+    return np.frombuffer(payload, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def _read_idx(raw_dir: Path, name: str) -> np.ndarray:
+    payload = _mnist_payload(raw_dir, name)
     digest = hashlib.md5(payload).hexdigest()
     if digest != MNIST_MD5[name]:
-        raise DataError(f"MNIST file {name} in {raw_dir} fails its checksum (md5 {digest}, "
-                        f"expected {MNIST_MD5[name]}); it is truncated or not canonical MNIST")
-    ndim = payload[3]
-    dims = np.frombuffer(payload, dtype=">u4", count=ndim, offset=4).astype(int)
-    return np.frombuffer(payload, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+        raise DataCorrupt(f"MNIST file {name}[.gz] in {raw_dir} fails its checksum (md5 {digest}, expected "
+                          f"{MNIST_MD5[name]}): truncated or not canonical MNIST; {MNIST_FIX}")
+    return _parse_idx(payload, raw_dir / name)
 
 
 def load_mnist(root: str | os.PathLike | None = None) -> Dataset:
@@ -164,30 +302,54 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def _load_cifar_batches(folder: Path) -> tuple[Split, Split]:
-    def read(name: str) -> tuple[np.ndarray, np.ndarray]:
-        path = folder / name
-        if not path.is_file():
-            raise DataError(f"CIFAR-10 file {name} not found in {folder}; {HOW_TO_GET.format(name='CIFAR10')}")
-        payload = path.read_bytes()
-        if hashlib.md5(payload).hexdigest() != CIFAR_BATCH_MD5[name]:
-            raise DataError(f"CIFAR-10 file {path} fails its md5 checksum; it is truncated or modified")
+def _read_cifar_batch(folder: Path, name: str) -> tuple[np.ndarray, np.ndarray]:
+    path = folder / name
+    if not path.is_file():
+        raise DataMissing(f"CIFAR-10 file {name} not found in {folder}; {HOW_TO_GET.format(name='CIFAR10')}")
+    payload = _read_bytes(path, CIFAR_FIX)
+    digest = hashlib.md5(payload).hexdigest()
+    if digest != CIFAR_BATCH_MD5[name]:
+        raise DataCorrupt(f"CIFAR-10 file {path} fails its checksum (md5 {digest}, expected {CIFAR_BATCH_MD5[name]}): "
+                          f"truncated or modified; {CIFAR_FIX}")
+    try:
         batch = _NumpyOnlyUnpickler(io.BytesIO(payload), encoding="bytes").load()
-        return np.asarray(batch[b"data"], np.uint8).reshape(-1, 3, 32, 32), np.asarray(batch[b"labels"], np.int64)
+        images = np.asarray(batch[b"data"], np.uint8).reshape(-1, *CIFAR_IMAGE_SHAPE)
+        labels = np.asarray(batch[b"labels"], np.int64)
+    except (pickle.UnpicklingError, EOFError, KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+        raise DataCorrupt(f"CIFAR-10 file {path} cannot be decoded ({_reason(exc)}); {CIFAR_FIX}") from None
+    if labels.shape != (len(images),):
+        raise DataCorrupt(f"CIFAR-10 file {path} has {len(images)} images but {labels.size} labels; {CIFAR_FIX}")
+    return images, labels
 
-    train = [read(f"data_batch_{i}") for i in range(1, 6)]
-    test = read("test_batch")
+
+def _load_cifar_batches(folder: Path) -> tuple[Split, Split]:
+    train = [_read_cifar_batch(folder, f"data_batch_{i}") for i in range(1, 6)]
+    test = _read_cifar_batch(folder, "test_batch")
     to_split = lambda x, y: Split(torch.from_numpy(x), torch.from_numpy(y))  # noqa: E731
     return (to_split(np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train])),
             to_split(*test))
 
 
-def _decode_jpeg_tar(tar_path: Path) -> dict[str, np.ndarray]:
-    """Decode every JPEG once (PIL, outside any training loop) into uint8 arrays."""
+def _cifar_arrays_problem(arrays: dict[str, np.ndarray]) -> str | None:
+    """What is wrong with decoded stand-in arrays (keys, dtypes, shapes, label range), or None if nothing."""
+    for split, n in CIFAR_JPEG_SIZES.items():
+        x, y = arrays.get(f"{split}_x"), arrays.get(f"{split}_y")
+        if not isinstance(x, np.ndarray) or not isinstance(y, np.ndarray):
+            return f"no {split} arrays"
+        if x.dtype != np.uint8 or x.shape != (n, *CIFAR_IMAGE_SHAPE):
+            return f"{split} images are {x.dtype} {x.shape}, expected uint8 {(n, *CIFAR_IMAGE_SHAPE)}"
+        if y.dtype != np.int64 or y.shape != (n,):
+            return f"{split} labels are {y.dtype} {y.shape}, expected int64 {(n,)}"
+        if n and (int(y.min()) < 0 or int(y.max()) >= len(CIFAR_CLASSES)):
+            return f"{split} labels outside 0..{len(CIFAR_CLASSES) - 1}"
+    return None
+
+
+def _decode_members(tar_path: Path) -> dict[str, np.ndarray]:
     from PIL import Image
 
-    images: dict[str, list[np.ndarray]] = {"train": [], "test": []}
-    labels: dict[str, list[int]] = {"train": [], "test": []}
+    images: dict[str, list[np.ndarray]] = {split: [] for split in CIFAR_JPEG_SIZES}
+    labels: dict[str, list[int]] = {split: [] for split in CIFAR_JPEG_SIZES}
     index = {name: i for i, name in enumerate(CIFAR_CLASSES)}
     with tarfile.open(tar_path, "r:gz") as tar:
         for member in tar:
@@ -195,30 +357,95 @@ def _decode_jpeg_tar(tar_path: Path) -> dict[str, np.ndarray]:
             if not member.isfile() or len(parts) != 3 or not parts[2].endswith(".jpg"):
                 continue
             split, cls, _ = parts
+            if split not in images or cls not in index:
+                raise ValueError(f"{member.name} is not <train|test>/<CIFAR-10 class>/<n>.jpg")
             with Image.open(tar.extractfile(member)) as img:
                 images[split].append(np.asarray(img.convert("RGB"), np.uint8).transpose(2, 0, 1))
             labels[split].append(index[cls])
     return {f"{s}_{k}": np.stack(images[s]) if k == "x" else np.asarray(labels[s], np.int64)
-            for s in ("train", "test") for k in ("x", "y")}
+            for s in CIFAR_JPEG_SIZES for k in ("x", "y")}
+
+
+def _decode_jpeg_tar(tar_path: Path) -> dict[str, np.ndarray]:
+    """Decode every JPEG once (PIL, outside any training loop) into uint8 arrays, checked against
+    CIFAR_JPEG_SIZES; an archive that does not decode is DataCorrupt."""
+    try:
+        arrays = _decode_members(tar_path)
+    except (tarfile.TarError, zlib.error, EOFError, OSError, KeyError, ValueError) as exc:
+        raise DataCorrupt(f"{tar_path} cannot be decoded ({_reason(exc)}); {CIFAR_JPEG_FIX}") from None
+    problem = _cifar_arrays_problem(arrays)
+    if problem:
+        raise DataCorrupt(f"{tar_path} does not hold the expected images ({problem}); {CIFAR_JPEG_FIX}")
+    return arrays
+
+
+def _read_cifar_cache(path: Path) -> tuple[dict[str, np.ndarray] | None, str]:
+    """The cached arrays, or (None, why not).
+
+    Any exception counts as "rebuild" on purpose: the file is a copy we can remake, and a flipped
+    byte surfaces as BadZipFile, Bad CRC-32, KeyError, ValueError, RuntimeError ("encrypted") and more.
+    """
+    if not path.is_file():
+        return None, "not decoded yet"
+    try:
+        npz = np.load(path, allow_pickle=False)
+        if not isinstance(npz, np.lib.npyio.NpzFile):
+            return None, "not an npz archive"
+        with npz:
+            arrays = {key: npz[key] for key in npz.files}
+    except Exception as exc:  # noqa: BLE001 - see docstring
+        return None, _reason(exc)
+    problem = _cifar_arrays_problem(arrays)
+    return (None, problem) if problem else (arrays, "")
+
+
+def _write_cifar_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write to a temporary and rename over the old file, so a process still reading the old one keeps
+    its (unlinked) copy; a cache that cannot be written only costs a decode next time."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    try:
+        atomic_write_bytes(path, buffer.getbuffer())
+    except OSError as exc:
+        _say(f"cannot write {path} ({describe_os_error(exc)}); the JPEGs will be decoded again next time")
+
+
+def _fill_cifar_cache(tar_path: Path, cached: Path) -> dict[str, np.ndarray]:
+    """Under the lock: look again first (another process may have filled it while we waited)."""
+    arrays, why = _read_cifar_cache(cached)
+    if arrays is not None:
+        return arrays
+    if cached.exists():
+        _say(f"{cached} does not read back ({why}); decoding {tar_path.name} again")
+    else:
+        _say(f"decoding {tar_path.name} into {cached} (once)")
+    arrays = _decode_jpeg_tar(tar_path)
+    _write_cifar_cache(cached, arrays)
+    return arrays
+
+
+def _cifar_jpeg_arrays(tar_path: Path, cache_dir: Path) -> dict[str, np.ndarray]:
+    """The stand-in as arrays: from the cache when it reads back whole, else decoded by one process
+    while any others wait for it (kdverify.locks), then cached."""
+    digest = _md5_file(tar_path, CIFAR_JPEG_FIX)
+    if digest != CIFAR_JPEG_MD5:
+        raise DataCorrupt(f"{tar_path} fails its checksum (md5 {digest}, expected {CIFAR_JPEG_MD5}): truncated or "
+                          f"modified; {CIFAR_JPEG_FIX}")
+    cached = Path(cache_dir) / f"cifar10-jpeg-q75-{digest[:12]}.npz"
+    arrays, _ = _read_cifar_cache(cached)  # unlocked fast path: files are only ever renamed into place
+    if arrays is not None:
+        return arrays
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(exclusive(cached, CIFAR_JPEG_WHAT, say=_say))
+        except OSError as exc:
+            _say(f"cannot lock {cached} ({describe_os_error(exc)}); decoding {tar_path.name} without caching it")
+            return _decode_jpeg_tar(tar_path)
+        return _fill_cifar_cache(tar_path, cached)
 
 
 def _load_cifar_jpeg(tar_path: Path, cache_dir: Path) -> tuple[Split, Split]:
-    digest = hashlib.md5(tar_path.read_bytes()).hexdigest()
-    if digest != CIFAR_JPEG_MD5:
-        raise DataError(f"{tar_path} fails its md5 checksum ({digest}, expected {CIFAR_JPEG_MD5})")
-    cached = cache_dir / f"cifar10-jpeg-q75-{digest[:12]}.npz"
-    arrays = None
-    if cached.is_file():
-        try:
-            with np.load(cached) as npz:
-                arrays = {k: npz[k] for k in npz.files}
-        except (OSError, ValueError, EOFError):
-            arrays = None  # a corrupted cache is rebuilt, never trusted
-    if arrays is None or arrays.get("train_x", np.empty(0)).shape != (50000, 3, 32, 32):
-        arrays = _decode_jpeg_tar(tar_path)
-        buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
-        atomic_write_bytes(cached, buffer.getvalue())
+    arrays = _cifar_jpeg_arrays(tar_path, cache_dir)
     split = lambda s: Split(torch.from_numpy(arrays[f"{s}_x"]), torch.from_numpy(arrays[f"{s}_y"]))  # noqa: E731
     return split("train"), split("test")
 
@@ -234,19 +461,53 @@ def load_cifar10(root: str | os.PathLike | None = None, cache_dir: Path | None =
         train, test = _load_cifar_jpeg(jpeg, cache_dir or default_cache_dir())
         variant, checksum = "cifar10-jpeg-q75", CIFAR_JPEG_MD5[:16]
     else:
-        raise DataError(f"CIFAR-10 not found: looked for {original}/ and {jpeg}; {HOW_TO_GET.format(name='CIFAR10')}")
+        raise DataMissing(f"CIFAR-10 not found: looked for {original}/ and {jpeg}; {HOW_TO_GET.format(name='CIFAR10')}")
     return Dataset("cifar10", variant, checksum, CIFAR_CLASSES, *CIFAR_NORM, train, test)
 
 
-LOADERS = {"mnist": load_mnist, "cifar10": load_cifar10}
+# ---------------------------------------------------------------- registry
+
+Loader = Callable[[str | os.PathLike | None], Dataset]
+LOADERS: dict[str, Loader] = {}  # name -> loader(root); fill it with register_dataset
+
+
+def _describe(loader: Callable) -> str:
+    return f"{getattr(loader, '__module__', '?')}.{getattr(loader, '__qualname__', repr(loader))}"
+
+
+def register_dataset(name: str, loader: Loader, replace: bool = False) -> Loader:
+    """Make `load_dataset(name)` (so every recipe naming `name`) call `loader(root) -> Dataset`.
+
+    Registering a second, different loader under a taken name is refused unless `replace=True`,
+    so two plugins cannot silently swap each other's data; re-registering the same one is a no-op.
+    """
+    if not isinstance(name, str) or not name or name != name.strip():
+        raise ValueError(f"a dataset name must be a non-empty string without surrounding spaces, got {name!r}")
+    if not callable(loader):
+        raise TypeError(f"the loader of dataset {name!r} must be callable as loader(root), got {loader!r}")
+    old = LOADERS.get(name)
+    if old is not None and old is not loader and not replace:
+        raise ValueError(f"dataset {name!r} is already registered ({_describe(old)}); pass replace=True to override it")
+    LOADERS[name] = loader
+    return loader
+
+
+register_dataset("mnist", load_mnist)
+register_dataset("cifar10", load_cifar10)
 
 
 def load_dataset(name: str, root: str | os.PathLike | None = None,
                  device: torch.device | str = "cpu") -> Dataset:
     """Load a dataset by name and move both splits onto `device` once."""
-    if name not in LOADERS:
-        raise DataError(f"unknown dataset {name!r}; known: {', '.join(LOADERS)}")
-    return LOADERS[name](root).to(device)
+    loader = LOADERS.get(name)
+    if loader is None:
+        raise DataError(f"unknown dataset {name!r} (known: {', '.join(LOADERS)}); register it with "
+                        "kdverify.data.register_dataset or --import a module that does")
+    dataset = loader(root)
+    if not isinstance(dataset, Dataset):
+        raise DataError(f"the loader of dataset {name!r} ({_describe(loader)}) returned {type(dataset).__name__}, "
+                        "not a kdverify.data.Dataset (Dataset.from_tensors builds one)")
+    return dataset.to(device)
 
 
 # ---------------------------------------------------------------- subsets and filters
@@ -272,12 +533,22 @@ def split_holdout(split: Split, size: int) -> tuple[Split, Split]:
 
 
 def balanced_subset(split: Split, size: int, num_classes: int, seed: int = 0) -> Split:
-    """A fixed, class-balanced subset: `size // num_classes` examples of each class."""
+    """A fixed, class-balanced subset: `size // num_classes` examples of each class, in split order.
+
+    `seed` alone picks which examples (same seed, same subset, on any device). A size that does not
+    split evenly, or a class with too few examples, is an error rather than a silently unbalanced subset.
+    """
+    if num_classes < 1 or size < num_classes or size % num_classes:
+        raise ValueError(f"a balanced subset of {size} examples over {num_classes} classes needs a positive "
+                         f"multiple of {num_classes}")
     per_class = size // num_classes
-    gen = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(split), generator=gen).to(split.labels.device)
+    order = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed)).to(split.labels.device)
     labels = split.labels[order]
     picked = [order[labels == c][:per_class] for c in range(num_classes)]
+    short = [f"{c} has {len(p)}" for c, p in enumerate(picked) if len(p) < per_class]
+    if short:
+        raise ValueError(f"a balanced subset of {size} needs {per_class} examples of each class, but class "
+                         f"{', '.join(short)}")
     return split.take(torch.cat(picked).sort().values)
 
 

@@ -160,5 +160,6 @@ def test_malformed_checkpoints_are_one_line_errors_before_anything_is_allocated(
 def test_unknown_architecture_names_the_fix(tiny_mnist, tmp_path):
     path = save_checkpoint(tmp_path / "m.pt", _payload(tiny_mnist))
     _rewrite(path, lambda p: p.update(arch="resnet_tiny"))
-    with pytest.raises(CheckpointError, match="unknown architecture 'resnet_tiny'.*--import MODULE.*install the package"):
+    with pytest.raises(CheckpointError,
+                       match="unknown architecture 'resnet_tiny'.*--import MODULE.*install the package"):
         load_checkpoint(path)
