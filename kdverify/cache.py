@@ -20,7 +20,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -108,11 +108,13 @@ class ModelCache:
     """
 
     def __init__(self, root: str | os.PathLike | None, datasets: dict[str, Dataset], budget: str = "ci",
-                 progress: ProgressFn | None = print_progress, teacher_seed_offset: int = 0) -> None:
+                 progress: ProgressFn | None = print_progress, teacher_seed_offset: int = 0,
+                 say: Callable[[str], None] | None = None) -> None:
         self.root = Path(root) if root else default_cache_dir() / "models"
         self.datasets, self.budget, self.progress = datasets, budget, progress
         self.teacher_seed_offset = teacher_seed_offset  # calibration runs re-seed trained teachers too
         self._memory: dict[str, Trained] = {}
+        self._say_to = say  # where waits for a lock and retrains of corrupt entries are announced
 
     def uses_pinned(self, recipe: Recipe) -> bool:
         return self.budget in PINNED_BUDGETS and recipe.name in PINNED_TEACHERS
@@ -171,7 +173,10 @@ class ModelCache:
                        metrics["weights_sha256"], metrics["machine"], metrics["settings"], model=result.model)
 
     def _say(self, message: str) -> None:
-        print(f"kdverify: {message}", file=sys.stderr, flush=True)
+        if self._say_to is not None:
+            self._say_to(f"kdverify: {message}")
+        else:
+            print(f"kdverify: {message}", file=sys.stderr, flush=True)
 
     def adopt(self, checkpoint: str | os.PathLike) -> Path:
         """Make a model trained elsewhere by `kdverify train` (a long run in the background, in parts)

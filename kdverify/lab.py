@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -48,7 +49,8 @@ class ClaimsLab:
 
     def __init__(self, data_root: str | os.PathLike | None = None, budget: str = "ci", device: str = "auto",
                  cache_dir: str | os.PathLike | None = None, seed_offset: int = 0,
-                 progress: ProgressFn | None = print_progress, deterministic: bool = False, worker: int = 0) -> None:
+                 progress: ProgressFn | None = print_progress, deterministic: bool = False, worker: int = 0,
+                 say: Callable[[str], None] | None = None) -> None:
         self.data_root, self.budget, self.seed_offset = data_root, budget, seed_offset
         if deterministic:
             set_deterministic()
@@ -56,7 +58,8 @@ class ClaimsLab:
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir() / "models"
         self._datasets: dict[str, Dataset] = {}
         self._data_errors: dict[str, DataError] = {}
-        self.cache = ModelCache(self.cache_dir, self._datasets, budget, progress, teacher_seed_offset=seed_offset)
+        self.cache = ModelCache(self.cache_dir, self._datasets, budget, progress, teacher_seed_offset=seed_offset,
+                                say=say)
         self.verdicts: list[Verdict] = []
         self._touched: dict[str, Trained] = {}  # models the claim being checked asked for
         self.last_models: list[ModelRecord] = []  # the models behind the last verdict (reports, xdist)

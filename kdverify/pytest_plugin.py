@@ -119,20 +119,22 @@ def _lab(config: pytest.Config):  # noqa: ANN202 - imported lazily so plain `pyt
         if worker and not opt("--kd-deterministic"):
             torch.set_num_threads(max(1, torch.get_num_threads() // worker[1]))  # workers share the cores
 
-        def progress(recipe, record, total) -> None:  # noqa: ANN001
+        def say(line: str) -> None:
             """Shown live: training runs inside a test, where pytest captures output at the fd level."""
-            line = progress_line(recipe, record, total)
             with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
                 if worker:  # a worker's terminal is not shown; its stderr is the controller's
                     os.write(2, f"[gw{worker[0]}] {line}\n".encode())
                 elif reporter is not None:
                     reporter.write_line(line)
 
+        def progress(recipe, record, total) -> None:  # noqa: ANN001
+            say(progress_line(recipe, record, total))
+
         keep_freed_memory()  # this process is pytest's: reuse freed heap pages (see kdverify.cpu_memory)
         config.stash[LAB_KEY] = ClaimsLab(_data_root(config), opt("--kd-budget"), opt("--kd-device"),
                                           opt("--kd-cache"), progress=progress,
                                           deterministic=opt("--kd-deterministic"),
-                                          worker=worker[0] if worker else 0)
+                                          worker=worker[0] if worker else 0, say=say)
     return config.stash[LAB_KEY]
 
 
