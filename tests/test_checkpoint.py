@@ -163,3 +163,13 @@ def test_unknown_architecture_names_the_fix(tiny_mnist, tmp_path):
     with pytest.raises(CheckpointError,
                        match="unknown architecture 'resnet_tiny'.*--import MODULE.*install the package"):
         load_checkpoint(path)
+
+
+def test_checkpoints_get_ordinary_permissions_like_exports(tiny_mnist, tmp_path):
+    """mkstemp makes 0600 files; a checkpoint is shared like any other file (0666 minus the umask)."""
+    old = os.umask(0o022)
+    try:
+        path = save_checkpoint(tmp_path / "m.pt", _payload(tiny_mnist))
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
