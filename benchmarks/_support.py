@@ -273,8 +273,9 @@ class Zoo:
 
     def onnx_path(self, entry: ZooModel, precision: str) -> Path:
         """fp32: kdverify.export.export_model; int8: kdverify.export.quantize_int8 of the fp32 file."""
-        from kdverify import export
-        from kdverify.export import export_model, quantize_int8
+        from kdverify import quantize as export  # int8_method lives in kdverify.quantize
+        from kdverify.export import export_model
+        from kdverify.quantize import quantize_int8
 
         if precision in entry.onnx:
             return entry.onnx[precision]
@@ -295,7 +296,7 @@ class Zoo:
         return entry.onnx[precision]
 
     def session(self, entry: ZooModel, precision: str):  # noqa: ANN201 - onnxruntime.InferenceSession
-        from kdverify.export import ort_session
+        from kdverify.validate import ort_session
 
         key = (entry.recipe, precision)
         if key not in self._sessions:

@@ -1,10 +1,16 @@
 """`kdverify export`: a checkpoint becomes an ONNX file that is proven to match it before it exists.
 
-The fp32 graph is checked by `onnx.checker` and then run by ONNX Runtime, at batch sizes 1, 7
-and 256 and at two graph-optimisation levels, against PyTorch on the same inputs (real test
-images when the data is there). An int8 graph is judged by what matters for it, test accuracy.
-Everything is written to temporary files beside the output and renamed into place only after
-every check has passed, so a failed export leaves nothing behind.
+The fp32 graph is checked by `onnx.checker` and then run by ONNX Runtime against PyTorch on the
+same inputs (real test images when the data is there): at batch sizes 1, 7 and 256 for a dynamic
+batch axis, on as many images one at a time for a fixed batch of 1, at two graph-optimisation
+levels (see `validate`). An int8 graph is judged by test accuracy (see `quantize`). All checks run
+on the models in memory; the files are written, each to a temporary beside it and renamed into
+place, only after every check has passed, so a failed export leaves nothing behind.
+
+Data: corrupt data is an error, never a reason to validate on random inputs instead. Missing data
+falls back to seeded random inputs only when the user did not ask for data (no `data_root`, no
+$KDVERIFY_DATA); then test errors are not measured and the int8 accuracy gate cannot run, and the
+log says so.
 
 Exporter: `torch.onnx.export(dynamo=True)` (torch.export + onnxscript), the path current
 PyTorch recommends. For these four models it exports cleanly at opset 18 and above, with a
@@ -16,49 +22,34 @@ the minimum accepted here and the stamped opset is checked after every export.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
-import logging
 import os
-import tempfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, NamedTuple
 
-import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 from torch import nn
 
 import kdverify
 from kdverify.checkpoint import Checkpoint, load_checkpoint
 from kdverify.data import Dataset, load_dataset, normalize
-from kdverify.errors import KdverifyError
+from kdverify.errors import DataError, DataMissing, KdverifyError
+from kdverify.io import atomic_write_bytes, check_writable, describe_os_error, temp_beside
+from kdverify.quantize import CALIBRATION_SIZE, INT8_MAX_EXTRA_ERROR_PP, agreement_with_fp32, gate_int8, quantize_proto
+from kdverify.validate import (VALIDATION_IMAGES, VALIDATION_LEVELS, EVAL_CHUNK, ExportError, check_graph,
+                               count_errors, describe_batches, first_line, ort_session, quiet, set_metadata,
+                               validate_against_torch, validation_batches)
 
 DEFAULT_OPSET = 18
 MIN_OPSET = 18  # the dynamo exporter's native opset; lower ones are not converted (see module docstring)
 MAX_OPSET = onnx.defs.onnx_opset_version()  # the newest opset the installed onnx defines
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
-VALIDATION_BATCHES = (1, 7, 256)
-VALIDATION_LEVELS = ("basic", "all")  # ORT_ENABLE_BASIC and ORT_ENABLE_ALL
-# int8 may cost at most this many percentage points of test error rate over the fp32 export.
-INT8_MAX_EXTRA_ERROR_PP = 0.3
-CALIBRATION_SIZE = 256
 RANDOM_SEED = 0
-EVAL_CHUNK = 256
+DATA_ENV = "KDVERIFY_DATA"
 
-OPTIMIZATION_LEVELS = {
-    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-}
-
-
-class ExportError(KdverifyError):
-    """An export that cannot be written or fails validation."""
+__all__ = ["DEFAULT_OPSET", "ExportError", "ExportReport", "export_checkpoint", "export_model", "to_proto"]
 
 
 @dataclass
@@ -74,59 +65,14 @@ class ExportReport:
     total: int | None
     int8_path: Path | None = None
     int8_size_bytes: int | None = None
-    int8_errors: int | None = None
+    int8_errors: int | None = None  # set only when the int8 accuracy gate ran (and passed)
     dataset_variant: str | None = None  # the data validated on; None for random inputs
     int8_agreement: float | None = None  # int8 vs fp32 top-1 agreement when there was no real data
+    validated_images: int = 0  # distinct inputs ONNX Runtime was compared with PyTorch on
+    validation_batches: str = ""  # how they were fed, e.g. 'at batch sizes 1, 7 and 256'
 
 
-# ---------------------------------------------------------------- files
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
-
-
-def _temp_path(final: Path) -> Path:
-    """An empty temp file beside `final` (same filesystem, so os.replace is atomic)."""
-    try:
-        fd, name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise ExportError(f"cannot write to {final.parent}: {exc.strerror or exc}") from None
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(name, 0o666 & ~umask)  # mkstemp makes 0600; the finished file gets ordinary permissions
-    return Path(name)
-
-
-@contextlib.contextmanager
-def _temp_beside(final: Path) -> Iterator[Path]:
-    """Yield a temp path beside `final`; it is removed unless the caller renamed it."""
-    tmp = _temp_path(final)
-    try:
-        yield tmp
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _save_atomic(proto: onnx.ModelProto, path: Path) -> None:
-    with _temp_beside(path) as tmp:
-        try:
-            onnx.save_model(proto, tmp)
-            os.replace(tmp, path)
-        except OSError as exc:
-            raise ExportError(f"cannot write {path}: {exc.strerror or exc}") from None
-
-
-def set_metadata(proto: onnx.ModelProto, metadata: dict[str, str]) -> None:
-    """Replace or add `metadata_props` entries (read back via get_modelmeta().custom_metadata_map)."""
-    existing = {p.key: p for p in proto.metadata_props}
-    for key, value in metadata.items():
-        if key in existing:
-            existing[key].value = str(value)
-        else:
-            proto.metadata_props.add(key=key, value=str(value))
+# ---------------------------------------------------------------- the fp32 graph
 
 
 def check_opset(opset: int) -> None:
@@ -135,26 +81,8 @@ def check_opset(opset: int) -> None:
                           f"(torch.onnx dynamo exporter, onnx {onnx.__version__})")
 
 
-# ---------------------------------------------------------------- export and run
-
-
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """Silence the exporter's and quantiser's progress prints, warnings and log notices."""
-    loggers = [logging.getLogger(), logging.getLogger("torch.onnx._internal.exporter._registration")]
-    levels = [log.level for log in loggers]
-    for log in loggers:
-        log.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for log, level in zip(loggers, levels):
-            log.setLevel(level)
-
-
-def _to_proto(model: nn.Module, input_shape: tuple[int, ...], opset: int, batch_dynamic: bool) -> onnx.ModelProto:
+def to_proto(model: nn.Module, input_shape: tuple[int, ...], opset: int, batch_dynamic: bool) -> onnx.ModelProto:
+    """The fp32 graph in memory, with the stamped opset checked (the exporter may ignore the one asked for)."""
     check_opset(opset)
     was_training = model.training
     model.eval()
@@ -162,13 +90,13 @@ def _to_proto(model: nn.Module, input_shape: tuple[int, ...], opset: int, batch_
     example = torch.zeros(2 if batch_dynamic else 1, *input_shape)
     dynamic_shapes = ({0: torch.export.Dim("batch")},) if batch_dynamic else None
     try:
-        with _quiet():
+        with quiet("torch.onnx._internal.exporter._registration"):
             program = torch.onnx.export(model, (example,), None, dynamo=True, opset_version=opset, verbose=False,
                                         input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                                         dynamic_shapes=dynamic_shapes, external_data=False)
         proto = program.model_proto
     except Exception as exc:  # noqa: BLE001 - any exporter failure is one user-facing problem
-        raise ExportError(f"torch.onnx.export (dynamo) failed at opset {opset}: {_first_line(exc)}") from None
+        raise ExportError(f"torch.onnx.export (dynamo) failed at opset {opset}: {first_line(exc)}") from None
     finally:
         model.train(was_training)
     stamped = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
@@ -180,185 +108,73 @@ def _to_proto(model: nn.Module, input_shape: tuple[int, ...], opset: int, batch_
 def export_model(model: nn.Module, input_shape: tuple[int, ...], path: Path, opset: int = DEFAULT_OPSET,
                  batch_dynamic: bool = True, metadata: dict[str, str] | None = None) -> None:
     """Raw fp32 export to a finished file (written atomically); no validation."""
-    proto = _to_proto(model, tuple(input_shape), opset, batch_dynamic)
+    proto = to_proto(model, tuple(input_shape), opset, batch_dynamic)
     set_metadata(proto, metadata or {})
-    _save_atomic(proto, Path(path))
-
-
-def ort_session(path: Path, threads: int = 1, optimization: str = "all") -> ort.InferenceSession:
-    """CPU session with a fixed thread count and no spinning, so timings and shared CPUs stay honest."""
-    if optimization not in OPTIMIZATION_LEVELS:
-        raise ValueError(f"unknown optimization {optimization!r}; known: {', '.join(OPTIMIZATION_LEVELS)}")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = OPTIMIZATION_LEVELS[optimization]
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    options.log_severity_level = 3
     try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
-        raise ExportError(f"onnxruntime {ort.__version__} cannot load {Path(path).name}: {_first_line(exc)}") from None
+        atomic_write_bytes(path, proto.SerializeToString())
+    except OSError as exc:
+        raise ExportError(f"cannot write {path}: {describe_os_error(exc)}") from None
 
 
-def ort_logits(session: ort.InferenceSession, inputs: torch.Tensor, chunk: int = EVAL_CHUNK) -> torch.Tensor:
-    """Logits for `inputs` in chunks of `chunk` (1 for a fixed-batch graph)."""
-    name = session.get_inputs()[0].name
-    x = inputs.detach().cpu().numpy().astype(np.float32, copy=False)
-    try:
-        out = [session.run(None, {name: x[i:i + chunk]})[0] for i in range(0, len(x), chunk)]
-    except Exception as exc:  # noqa: BLE001
-        raise ExportError(f"onnxruntime failed to run the model: {_first_line(exc)}") from None
-    return torch.from_numpy(np.concatenate(out)) if out else torch.empty(0)
-
-
-# ---------------------------------------------------------------- int8
-
-
-def int8_method(fp32_path: Path, calibration: torch.Tensor | None) -> str:
-    """'static' (per-channel QDQ, calibrated) for conv models given calibration inputs, else 'dynamic'."""
-    has_conv = any(node.op_type == "Conv" for node in onnx.load_model(fp32_path).graph.node)
-    return "static" if has_conv and calibration is not None else "dynamic"
-
-
-def _logit_layer(proto: onnx.ModelProto) -> list[str]:
-    """Name of the Gemm/MatMul that produces the graph's output, if one does (kept in fp32)."""
-    output = proto.graph.output[0].name
-    return [n.name for n in proto.graph.node if output in n.output and n.op_type in ("Gemm", "MatMul") and n.name]
-
-
-class _Calibration:
-    """ORT's CalibrationDataReader protocol over a tensor of normalised inputs."""
-
-    def __init__(self, inputs: torch.Tensor, graph_input: onnx.ValueInfoProto) -> None:
-        batch = graph_input.type.tensor_type.shape.dim[0].dim_value or 32  # a fixed batch is fed as it is
-        x = inputs.detach().cpu().numpy().astype(np.float32)
-        self._batches = iter([{graph_input.name: x[i:i + batch]} for i in range(0, len(x), batch)])
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        return next(self._batches, None)
-
-
-def quantize_int8(fp32_path: Path, int8_path: Path, calibration: torch.Tensor | None = None) -> None:
-    """int8 copy of an fp32 ONNX file, written atomically; metadata is kept, precision becomes int8.
-
-    Chosen by measuring test errors (fp32 -> int8, 1-epoch models, this repo's recipes):
-    MLPs get dynamic quantisation of the MatMul/Gemm weights (hinton_mlp 563 -> 556; activations
-    quantised on the fly, no calibration). Dynamic quantisation leaves convolutions in fp32, so
-    conv models with `calibration` inputs get static per-channel QDQ of Conv/Gemm/MatMul with
-    - 7-bit weights (reduce_range): full 8-bit u8 x s8 saturates on AVX2 CPUs without VNNI
-      (deep_nn 5567 -> 5677 errors, blog_cnn 179 -> 205; 5559 and 177 with reduce_range);
-    - the logit layer kept in fp32 (light_nn 5708 -> 5729 with it quantised, 5708 without;
-      deep_nn 5567 -> 5567, blog_cnn 179 -> 178), at +10 KB.
-    Conv models without calibration fall back to dynamic MatMul/Gemm.
-    """
-    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
-
-    fp32_path, int8_path = Path(fp32_path), Path(int8_path)
-    source = onnx.load_model(fp32_path)
-    method = int8_method(fp32_path, calibration)
-    with _temp_beside(int8_path) as tmp:
-        try:
-            with _quiet():
-                if method == "static":
-                    quantize_static(source, tmp, _Calibration(calibration, source.graph.input[0]),
-                                    quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=True,
-                                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                                    op_types_to_quantize=["Conv", "Gemm", "MatMul"],
-                                    nodes_to_exclude=_logit_layer(source))
-                else:
-                    quantize_dynamic(source, tmp, op_types_to_quantize=["MatMul", "Gemm"],
-                                     weight_type=QuantType.QInt8)
-            proto = onnx.load_model(tmp)
-        except Exception as exc:  # noqa: BLE001 - quantiser failures are one user-facing problem
-            raise ExportError(f"int8 quantisation failed: {_first_line(exc)}") from None
-        metadata = {p.key: p.value for p in source.metadata_props}
-        set_metadata(proto, {**metadata, "precision": "int8", "int8_method": method})
-        try:
-            onnx.save_model(proto, tmp)
-            os.replace(tmp, int8_path)
-        except OSError as exc:
-            raise ExportError(f"cannot write {int8_path}: {exc.strerror or exc}") from None
-
-
-# ---------------------------------------------------------------- validation
-
-
-@dataclass
-class Agreement:
-    """How closely one set of logits follows another."""
-
-    max_abs_diff: float
-    agreement: float  # top-1, 0..1
-    count: int
-
-    @classmethod
-    def of(cls, got: torch.Tensor, want: torch.Tensor) -> "Agreement":
-        diff = float((got - want).abs().max()) if got.numel() else 0.0
-        same = float((got.argmax(1) == want.argmax(1)).float().mean()) if len(got) else 1.0
-        return cls(diff, same, len(got))
-
-
-def validate_against_torch(model: nn.Module, path: Path, inputs: torch.Tensor, batches: Sequence[int],
-                           atol: float) -> Agreement:
-    """ONNX Runtime vs PyTorch on consecutive slices of `inputs`, one per batch size, at each ORT level.
-
-    Raises ExportError unless max |logit difference| <= atol and top-1 agreement is 100%.
-    """
-    needed = sum(batches)
-    if len(inputs) < needed:
-        raise ValueError(f"validation needs {needed} inputs, got {len(inputs)}")
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        want = model(inputs[:needed]).float()
-    model.train(was_training)
-    got: list[torch.Tensor] = []
-    for level in VALIDATION_LEVELS:
-        session = ort_session(path, optimization=level)
-        start = 0
-        for b in batches:
-            got.append(ort_logits(session, inputs[start:start + b], chunk=b))
-            start += b
-    result = Agreement.of(torch.cat(got), want.repeat(len(VALIDATION_LEVELS), 1))
-    if not result.max_abs_diff <= atol or result.agreement < 1.0:
-        raise ExportError(f"{path.name} disagrees with PyTorch: max |logit difference| {result.max_abs_diff:.2e} "
-                          f"(allowed {atol:.1e}), top-1 agreement {100 * result.agreement:.2f}% (required 100%)")
-    return result
-
-
-def check_graph(path: Path) -> None:
-    """onnx.checker with full_check (strict shape inference), as a one-line ExportError."""
-    try:
-        onnx.checker.check_model(str(path), full_check=True)
-    except Exception as exc:  # noqa: BLE001 - checker and shape-inference errors alike
-        raise ExportError(f"{path.name} fails onnx.checker: {_first_line(exc)}") from None
-
-
-# ---------------------------------------------------------------- the command
+# ---------------------------------------------------------------- outputs
 
 
 def default_output(checkpoint: Path, int8: bool = False) -> Path:
     return Path("exports") / f"{checkpoint.stem}{'.int8' if int8 else ''}.onnx"
 
 
+def _same_file(target: Path, existing: Path) -> bool:
+    """Whether writing `target` would replace `existing` (same path after `..` and links, or a hard link)."""
+    with contextlib.suppress(OSError):
+        if existing.exists() and (target.resolve() == existing.resolve()
+                                  or (target.exists() and os.path.samefile(target, existing))):
+            return True
+    return False
+
+
+def _refuse_source(checkpoint: Path, targets: list[Path]) -> None:
+    """--force replaces old exports, never the checkpoint being exported (also through a link)."""
+    for target in targets:
+        if _same_file(target, checkpoint):
+            raise ExportError(f"refusing to write {target}: it is the checkpoint {checkpoint} being exported "
+                              "(even with --force); choose another --out")
+
+
 def _check_output(path: Path, force: bool, create_parent: bool) -> None:
-    if path.is_dir():
-        raise ExportError(f"output {path} is a directory")
-    if path.exists() and not force:
-        raise ExportError(f"{path} exists; pass --force to overwrite it")
+    """Every reason the write could fail, before any work is done."""
     if create_parent and not path.parent.exists():
         try:
             path.parent.mkdir(parents=True)
         except OSError as exc:
-            raise ExportError(f"cannot create output folder {path.parent}: {exc.strerror or exc}") from None
-    if not path.parent.is_dir():
-        raise ExportError(f"output folder {path.parent} does not exist")
-    if not os.access(path.parent, os.W_OK | os.X_OK):
+            raise ExportError(f"cannot create output folder {path.parent}: {describe_os_error(exc)}") from None
+    if path.parent.is_dir() and not os.access(path.parent, os.W_OK | os.X_OK):
         raise ExportError(f"output folder {path.parent} is not writable")
-    _temp_path(path).unlink()  # the real test of writability (root, read-only mounts, /proc)
+    try:
+        check_writable(path, force)  # includes a real temp file: root, read-only mounts, /proc
+    except KdverifyError as exc:
+        raise ExportError(str(exc)) from None
+
+
+def _write_all(files: dict[Path, bytes]) -> None:
+    """All files or none: each is written and fsynced beside its destination, then all are renamed."""
+    current = next(iter(files))
+    try:
+        with contextlib.ExitStack() as stack:  # removes every temporary on any failure
+            staged = []
+            for current, payload in files.items():
+                tmp = stack.enter_context(temp_beside(current))
+                with open(tmp, "wb") as f:
+                    f.write(payload)
+                    f.flush()
+                    os.fsync(f.fileno())
+                staged.append((tmp, current))
+            for tmp, current in staged:
+                os.replace(tmp, current)
+    except OSError as exc:
+        raise ExportError(f"cannot write {current}: {describe_os_error(exc)}") from None
+
+
+# ---------------------------------------------------------------- inputs
 
 
 def _check_description(ckpt: Checkpoint, path: Path) -> None:
@@ -375,30 +191,57 @@ def _dataset_name(ckpt: Checkpoint) -> str:
     return ckpt.recipe.get("dataset") or ("cifar10" if tuple(ckpt.input_shape)[:1] == (3,) else "mnist")
 
 
-def _load_data(ckpt: Checkpoint, data_root: str | None, log: Callable[[str], None]) -> Dataset | None:
-    """The checkpoint's dataset when the data root has it (and it fits the model), else None."""
+def _asked_for_data(data_root: str | None) -> str | None:
+    """How the user asked for data ('--data-root', '$KDVERIFY_DATA'), or None when they did not."""
+    if data_root:
+        return "--data-root"
+    return f"${DATA_ENV}" if os.environ.get(DATA_ENV) else None
+
+
+def _load_data(ckpt: Checkpoint, data_root: str | None, int8: bool, log: Callable[[str], None]) -> Dataset | None:
+    """The checkpoint's dataset; None (random inputs) only when it is missing and was not asked for."""
     name = _dataset_name(ckpt)
     try:
         dataset = load_dataset(name, data_root)
-    except (KdverifyError, OSError) as exc:
-        log(f"no {name} data ({_first_line(exc).split(';')[0]}): validating on random inputs")
+    except DataMissing as exc:
+        asked = _asked_for_data(data_root)
+        if asked:
+            raise ExportError(f"{first_line(exc)} ({asked} is set, so export does not fall back to "
+                              "random inputs)") from None
+        log(f"NO REAL DATA USED: {first_line(exc).split(';')[0]}. Validating on {VALIDATION_IMAGES} seeded random "
+            "inputs; test errors are not measured" + ("; the int8 accuracy gate cannot run" if int8 else ""))
         return None
+    except DataError as exc:  # DataCorrupt, or anything the loader could not classify: never skip the checks
+        raise ExportError(f"{first_line(exc)} (export does not validate on random inputs instead of "
+                          "unusable data)") from None
+    except OSError as exc:
+        raise ExportError(f"cannot read {name} data: {describe_os_error(exc)}") from None
     if tuple(dataset.input_shape) != tuple(ckpt.input_shape):
-        log(f"{dataset.variant} images are {tuple(dataset.input_shape)}, the model takes {tuple(ckpt.input_shape)}; "
-            "validating on random inputs")
-        return None
+        raise ExportError(f"{dataset.variant} images are {tuple(dataset.input_shape)}, but the model takes "
+                          f"{tuple(ckpt.input_shape)}: the checkpoint does not fit its own dataset")
     return dataset
 
 
-def _inputs(ckpt: Checkpoint, dataset: Dataset | None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Normalised (validation probe, whole test split, calibration set); without data, seeded random images."""
+class _Inputs(NamedTuple):
+    """Normalised model inputs for one export."""
+
+    probe: torch.Tensor  # compared between ONNX Runtime and PyTorch
+    test: torch.Tensor | None  # the whole test split (None without data)
+    calibration: torch.Tensor | None  # training images for static int8 (None without data)
+
+
+def _inputs(ckpt: Checkpoint, dataset: Dataset | None) -> _Inputs:
+    """Real test and training images; without data, seeded random images and nothing else."""
     gen = torch.Generator().manual_seed(RANDOM_SEED)
     if dataset is None:
-        images = torch.randint(0, 256, (sum(VALIDATION_BATCHES), *ckpt.input_shape), generator=gen, dtype=torch.uint8)
-        return normalize(images, ckpt.mean, ckpt.std), None, None
+        images = torch.randint(0, 256, (VALIDATION_IMAGES, *ckpt.input_shape), generator=gen, dtype=torch.uint8)
+        return _Inputs(normalize(images, ckpt.mean, ckpt.std), None, None)
     test = normalize(dataset.test.images, ckpt.mean, ckpt.std)
     pick = torch.randperm(len(dataset.train), generator=gen)[:CALIBRATION_SIZE]
-    return test[:sum(VALIDATION_BATCHES)], test, normalize(dataset.train.images[pick], ckpt.mean, ckpt.std)
+    return _Inputs(test[:VALIDATION_IMAGES], test, normalize(dataset.train.images[pick], ckpt.mean, ckpt.std))
+
+
+# ---------------------------------------------------------------- metadata and lines
 
 
 def _metadata(ckpt: Checkpoint, precision: str, test_errors: dict | None) -> dict[str, str]:
@@ -428,45 +271,16 @@ def _recorded_errors(ckpt: Checkpoint) -> dict | None:
             "measured_by": "checkpoint (PyTorch, at training time)"}
 
 
+def _measured(errors: int, total: int, dataset: Dataset) -> dict[str, str]:
+    return {"test_errors": json.dumps({"errors": errors, "total": total, "dataset": dataset.variant,
+                                       "measured_by": "onnxruntime (this file)"})}
+
+
 def _size(n: int) -> str:
     return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n / 1e3:.0f} kB"
 
 
-def _errors(session: ort.InferenceSession, inputs: torch.Tensor, labels: torch.Tensor, chunk: int) -> int:
-    return int((ort_logits(session, inputs, chunk).argmax(1) != labels).sum())
-
-
-def _update_metadata(path: Path, metadata: dict[str, str]) -> None:
-    """Rewrite only metadata_props of an already validated file (the graph is untouched)."""
-    proto = onnx.load_model(path)
-    set_metadata(proto, metadata)
-    onnx.save_model(proto, path)
-
-
-def _validate_int8(report: ExportReport, fp32: Path, int8: Path, method: str, dataset: Dataset | None,
-                   probe: torch.Tensor, test_inputs: torch.Tensor | None, chunk: int) -> str:
-    """Judge the int8 file by test accuracy against the fp32 one; returns its summary line."""
-    check_graph(int8)
-    session = ort_session(int8)
-    head = f"exported {report.int8_path}: {{size}}, int8 ({method} quantisation), "
-    if dataset is None or test_inputs is None or report.errors is None:
-        agree = Agreement.of(ort_logits(session, probe, chunk), ort_logits(ort_session(fp32), probe, chunk))
-        report.int8_agreement = agree.agreement
-        report.int8_size_bytes = int8.stat().st_size
-        return (head.format(size=_size(report.int8_size_bytes)) + f"top-1 agreement with fp32 "
-                f"{100 * agree.agreement:.2f}% on {agree.count} random inputs; accuracy not checked (no data)")
-    total = len(dataset.test)
-    report.int8_errors = _errors(session, test_inputs, dataset.test.labels, chunk)
-    extra_pp = 100 * (report.int8_errors - report.errors) / total
-    if extra_pp > INT8_MAX_EXTRA_ERROR_PP:
-        raise ExportError(f"int8 model loses too much accuracy: {report.int8_errors}/{total} test errors vs "
-                          f"{report.errors}/{total} in fp32 ({extra_pp:+.2f} pp, limit +{INT8_MAX_EXTRA_ERROR_PP} pp)")
-    _update_metadata(int8, {"test_errors": json.dumps({
-        "errors": report.int8_errors, "total": total, "dataset": dataset.variant,
-        "measured_by": "onnxruntime (this file)"})})
-    report.int8_size_bytes = int8.stat().st_size
-    return (head.format(size=_size(report.int8_size_bytes)) + f"test errors fp32 {report.errors}/{total} vs int8 "
-            f"{report.int8_errors}/{total} ({extra_pp:+.2f} pp, limit +{INT8_MAX_EXTRA_ERROR_PP:.2f} pp)")
+# ---------------------------------------------------------------- the command
 
 
 def export_checkpoint(checkpoint: str | Path, out: Path | None = None, *, opset: int = DEFAULT_OPSET,
@@ -478,53 +292,80 @@ def export_checkpoint(checkpoint: str | Path, out: Path | None = None, *, opset:
         raise ExportError(f"unknown quantisation {quantize!r}; known: int8")
     check_opset(opset)
     checkpoint = Path(checkpoint)
-    ckpt = load_checkpoint(checkpoint)
-    _check_description(ckpt, checkpoint)
     path = Path(out) if out is not None else default_output(checkpoint)
     int8_path = None
     if quantize:
         int8_path = path.with_suffix(".int8.onnx") if out is not None else default_output(checkpoint, int8=True)
-    for target in filter(None, (path, int8_path)):
+    targets = [t for t in (path, int8_path) if t is not None]
+    _refuse_source(checkpoint, targets)
+    ckpt = load_checkpoint(checkpoint)
+    _check_description(ckpt, checkpoint)
+    for target in targets:
         _check_output(target, force, create_parent=out is None)
 
-    dataset = _load_data(ckpt, data_root, log)
-    probe, test_inputs, calibration = _inputs(ckpt, dataset)
-    batches = VALIDATION_BATCHES if batch_dynamic else (1,)
+    dataset = _load_data(ckpt, data_root, int8_path is not None, log)
+    inputs = _inputs(ckpt, dataset)
+    batches = validation_batches(batch_dynamic)
     chunk = EVAL_CHUNK if batch_dynamic else 1  # a fixed-batch graph takes one image per run
     source = dataset.variant + " test images" if dataset is not None else "random inputs"
 
-    with contextlib.ExitStack() as stack:  # every temp file is removed on any failure
-        tmp = stack.enter_context(_temp_beside(path))
-        export_model(ckpt.model, ckpt.input_shape, tmp, opset, batch_dynamic,
-                     _metadata(ckpt, "fp32", _recorded_errors(ckpt)))
-        check_graph(tmp)
-        agree = validate_against_torch(ckpt.model, tmp, probe, batches, atol)
-        log(f"fp32 vs PyTorch on {agree.count // len(VALIDATION_LEVELS)} {source} at batch size "
-            f"{', '.join(map(str, batches))}, ORT basic and all: max |logit difference| {agree.max_abs_diff:.2e} "
-            f"(atol {atol:.0e}), top-1 agreement {100 * agree.agreement:.2f}%")
-        report = ExportReport(path, 0, opset, agree.max_abs_diff, agree.agreement, None, None,
-                              dataset_variant=dataset.variant if dataset is not None else None)
-        if dataset is not None and test_inputs is not None:
-            report.errors = _errors(ort_session(tmp), test_inputs, dataset.test.labels, chunk)
-            report.total = len(dataset.test)
-            _update_metadata(tmp, {"test_errors": json.dumps({
-                "errors": report.errors, "total": report.total, "dataset": dataset.variant,
-                "measured_by": "onnxruntime (this file)"})})
-        report.size_bytes = tmp.stat().st_size
-        int8_line = None
-        if int8_path is not None:
-            report.int8_path = int8_path
-            tmp8 = stack.enter_context(_temp_beside(int8_path))
-            method = int8_method(tmp, calibration)
-            quantize_int8(tmp, tmp8, calibration)
-            int8_line = _validate_int8(report, tmp, tmp8, method, dataset, probe, test_inputs, chunk)
-            os.replace(tmp8, int8_path)
-        os.replace(tmp, path)
+    proto = to_proto(ckpt.model, tuple(ckpt.input_shape), opset, batch_dynamic)
+    set_metadata(proto, _metadata(ckpt, "fp32", _recorded_errors(ckpt)))
+    check_graph(proto, path.name)
+    fp32 = proto.SerializeToString()
+    agree = validate_against_torch(ckpt.model, fp32, inputs.probe, batches, atol, name=path.name)
+    how = describe_batches(batches)
+    log(f"fp32 vs PyTorch on {agree.count} {source} {how}, ORT {' and '.join(VALIDATION_LEVELS)}: "
+        f"max |logit difference| {agree.max_abs_diff:.2e} (atol {atol:.0e}), "
+        f"top-1 agreement {100 * agree.agreement:.2f}%")
+    report = ExportReport(path, 0, opset, agree.max_abs_diff, agree.agreement, None, None,
+                          dataset_variant=dataset.variant if dataset is not None else None,
+                          validated_images=agree.count, validation_batches=how)
+    if dataset is not None and inputs.test is not None:
+        report.total = len(dataset.test)
+        report.errors = count_errors(ort_session(fp32, name=path.name), inputs.test, dataset.test.labels, chunk,
+                                     path.name)
+        set_metadata(proto, _measured(report.errors, report.total, dataset))
+    files = {path: proto.SerializeToString()}
 
-    log(f"exported {path}: {_size(report.size_bytes)}, opset {opset}, fp32, max|Δ| {report.max_abs_diff:.1e}, "
-        f"top-1 agreement {100 * report.agreement:.2f}%, " + (
+    int8_line = None
+    if int8_path is not None:
+        files[int8_path], int8_line = _int8(report, int8_path, proto, fp32, inputs, dataset, chunk)
+
+    _write_all(files)
+    report.size_bytes = len(files[path])
+    log(f"exported {path}: {_size(report.size_bytes)}, opset {opset}, fp32, "
+        f"{'dynamic batch' if batch_dynamic else 'fixed batch 1'}, max|Δ| {report.max_abs_diff:.1e}, "
+        f"top-1 agreement {100 * report.agreement:.2f}% on {report.validated_images} {source}, " + (
             f"test errors {report.errors}/{report.total} ({report.dataset_variant})" if report.errors is not None
-            else "test errors not measured (no data; validated on random inputs)"))
+            else "test errors not measured (no real data)"))
     if int8_line:
         log(int8_line)
     return report
+
+
+def _int8(report: ExportReport, int8_path: Path, proto: onnx.ModelProto, fp32: bytes, inputs: _Inputs,
+          dataset: Dataset | None, chunk: int) -> tuple[bytes, str]:
+    """The int8 file's bytes and summary line: judged by test accuracy against fp32, or, without data,
+    with a plain statement that it could not be."""
+    int8_proto, method = quantize_proto(proto, inputs.calibration)
+    check_graph(int8_proto, int8_path.name)
+    int8 = int8_proto.SerializeToString()
+    report.int8_path = int8_path
+    head = f"exported {int8_path}: {{size}}, int8 ({method} quantisation), "
+    if dataset is None or inputs.test is None or report.errors is None:
+        agree = agreement_with_fp32(int8, fp32, inputs.probe, chunk, int8_path.name)
+        report.int8_agreement = agree.agreement
+        set_metadata(int8_proto, {"test_errors": ""})  # fp32's numbers say nothing about this file
+        int8 = int8_proto.SerializeToString()
+        tail = (f"int8 accuracy gate NOT run (no real data): top-1 agreement with fp32 {100 * agree.agreement:.2f}% "
+                f"on {agree.count} random inputs")
+    else:
+        gate = gate_int8(int8, inputs.test, dataset.test.labels, report.errors, chunk, int8_path.name)
+        report.int8_errors = gate.errors
+        set_metadata(int8_proto, _measured(gate.errors, gate.total, dataset))
+        int8 = int8_proto.SerializeToString()
+        tail = (f"test errors fp32 {gate.fp32_errors}/{gate.total} vs int8 {gate.errors}/{gate.total} "
+                f"({gate.extra_pp:+.2f} pp, limit +{INT8_MAX_EXTRA_ERROR_PP:.2f} pp)")
+    report.int8_size_bytes = len(int8)
+    return int8, head.format(size=_size(report.int8_size_bytes)) + tail

@@ -1,7 +1,7 @@
 """ONNX export: round trips for every architecture, int8, metadata, and every bad input as one line.
 
-Random-weight models and synthetic datasets only; `--data-root` points at an empty folder, so
-validation runs on deterministic random inputs and no real data is needed.
+Random-weight models and synthetic datasets only; `load_dataset` is patched to report the data
+missing (and no data root is given), so validation runs on deterministic random inputs.
 """
 
 import copy
@@ -20,10 +20,12 @@ from click.testing import CliRunner
 
 from conftest import make_pattern_split
 from kdverify import export as ex
+from kdverify import quantize as q
+from kdverify import validate as v
 from kdverify.checkpoint import checkpoint_payload, load_checkpoint, save_checkpoint
 from kdverify.cli import main
 from kdverify.data import CIFAR_CLASSES, CIFAR_NORM, Dataset
-from kdverify.errors import KdverifyError
+from kdverify.errors import DataMissing, KdverifyError
 from kdverify.models import build_model
 from kdverify.recipes import Recipe
 from kdverify.train import fit
@@ -48,6 +50,16 @@ def _checkpoint(path, model_arch, dataset, seed=0, **payload_changes):
     return save_checkpoint(path, payload)
 
 
+@pytest.fixture(autouse=True)
+def no_data(monkeypatch):
+    """No dataset anywhere, and none asked for: export falls back to random inputs."""
+    def missing(name, root=None, *args, **kwargs):
+        raise DataMissing(f"{name} files not found in nowhere; point --data-root at them")
+
+    monkeypatch.setattr(ex, "load_dataset", missing)
+    monkeypatch.delenv("KDVERIFY_DATA", raising=False)
+
+
 @pytest.fixture
 def mlp_ckpt(tmp_path, tiny_mnist):
     return _checkpoint(tmp_path / "mlp.pt", "hinton_mlp", tiny_mnist)
@@ -60,7 +72,7 @@ def _leftovers(folder):
 
 def _export(ckpt, out, tmp_path, **kw):
     lines = []
-    report = ex.export_checkpoint(ckpt, out, data_root=str(tmp_path / "no-data"), log=lines.append, **kw)
+    report = ex.export_checkpoint(ckpt, out, log=lines.append, **kw)
     return report, lines
 
 
@@ -75,7 +87,7 @@ def test_round_trip_every_architecture(arch, tmp_path, tiny_mnist, tiny_cifar):
     assert out.is_file() and report.path == out and report.size_bytes == out.stat().st_size
     assert report.agreement == 1.0 and report.max_abs_diff <= 1e-4 and report.errors is None
     assert lines[-1].startswith(f"exported {out}: ") and "opset 18, fp32" in lines[-1]
-    assert "top-1 agreement 100.00%" in lines[-1] and "random inputs" in lines[0]
+    assert "top-1 agreement 100.00% on 264 random inputs" in lines[-1] and "NO REAL DATA USED" in lines[0]
     assert _leftovers(out.parent) == [out.name]
 
     proto = onnx.load(out)
@@ -84,7 +96,7 @@ def test_round_trip_every_architecture(arch, tmp_path, tiny_mnist, tiny_cifar):
     assert [o.version for o in proto.opset_import if o.domain == ""] == [18]
 
     model = load_checkpoint(ckpt_path).model
-    session = ex.ort_session(out)
+    session = v.ort_session(out)
     for batch in (3, 32):  # sizes never used during validation
         x = torch.randn(batch, *dataset.input_shape, generator=torch.Generator().manual_seed(batch))
         got = session.run(None, {"input": x.numpy()})[0]
@@ -116,8 +128,9 @@ def test_int8_mlp_is_smaller_and_runs(mlp_ckpt, tmp_path):
     assert report.int8_path == int8 and int8.is_file()
     assert int8.stat().st_size < 0.5 * out.stat().st_size
     assert report.int8_agreement is not None and report.int8_agreement > 0.9
-    assert "accuracy not checked" in lines[-1] and lines[-1].startswith(f"exported {int8}")
-    session = ex.ort_session(int8)
+    assert "int8 accuracy gate NOT run (no real data)" in lines[-1] and lines[-1].startswith(f"exported {int8}")
+    assert "the int8 accuracy gate cannot run" in lines[0]
+    session = v.ort_session(int8)
     assert session.get_modelmeta().custom_metadata_map["precision"] == "int8"
     assert session.run(None, {"input": np.zeros((5, 1, 28, 28), np.float32)})[0].shape == (5, 10)
     assert any(n.op_type == "MatMulInteger" for n in onnx.load(int8).graph.node)
@@ -139,29 +152,25 @@ def trained_mlp(tmp_path_factory, tiny_mnist):
 
 def test_int8_gate_allows_at_most_0_3_pp_more_test_errors(trained_mlp, tmp_path, monkeypatch):
     ckpt, dataset = trained_mlp
-    assert ex.INT8_MAX_EXTRA_ERROR_PP == 0.3
-    monkeypatch.setattr(ex, "_load_data", lambda *a: dataset)
+    assert q.INT8_MAX_EXTRA_ERROR_PP == 0.3
+    monkeypatch.setattr(ex, "load_dataset", lambda name, root=None: dataset)
     report, lines = _export(ckpt, tmp_path / "real.onnx", tmp_path, quantize="int8")
     assert report.total == 1000 and report.dataset_variant == "synthetic"
     assert report.errors < 50, "the model is trained: the gate is judged on a model worth shipping"
     assert report.int8_errors <= report.errors + 3  # the real int8 copy of a trained MLP passes the real rule
     assert lines[-1].startswith(f"exported {tmp_path / 'real.int8.onnx'}") and "limit +0.30 pp" in lines[-1]
-    meta = ex.ort_session(report.int8_path).get_modelmeta().custom_metadata_map
+    meta = v.ort_session(report.int8_path).get_modelmeta().custom_metadata_map
     assert json.loads(meta["test_errors"])["errors"] == report.int8_errors
-    fp32_errors, real_errors = report.errors, ex._errors
+    fp32_errors = report.errors
 
     def int8_errors_plus(extra):
         """What the int8 file measures: `extra` errors more than fp32 (the fp32 measurement is untouched)."""
-        def errors(session, inputs, labels, chunk):
-            if session.get_modelmeta().custom_metadata_map.get("precision") == "int8":
-                return fp32_errors + extra
-            return real_errors(session, inputs, labels, chunk)
-        return errors
+        return lambda session, inputs, labels, chunk, name: fp32_errors + extra
 
-    monkeypatch.setattr(ex, "_errors", int8_errors_plus(3))  # +0.30 pp: at the limit, allowed
+    monkeypatch.setattr(q, "count_errors", int8_errors_plus(3))  # +0.30 pp: at the limit, allowed
     report, lines = _export(ckpt, tmp_path / "edge.onnx", tmp_path, quantize="int8")
     assert report.errors == fp32_errors and report.int8_errors == fp32_errors + 3 and "(+0.30 pp," in lines[-1]
-    monkeypatch.setattr(ex, "_errors", int8_errors_plus(4))  # +0.40 pp: refused, and nothing is written
+    monkeypatch.setattr(q, "count_errors", int8_errors_plus(4))  # +0.40 pp: refused, and nothing is written
     with pytest.raises(ex.ExportError, match=r"int8 model loses too much accuracy: .*\(\+0\.40 pp, limit \+0\.3 pp\)"):
         _export(ckpt, tmp_path / "over.onnx", tmp_path, quantize="int8")
     assert _leftovers(tmp_path) == ["edge.int8.onnx", "edge.onnx", "real.int8.onnx", "real.onnx"]
@@ -171,58 +180,49 @@ def test_conv_int8_is_static_qdq_with_calibration(tmp_path, tiny_cifar):
     fp32, int8 = tmp_path / "c.onnx", tmp_path / "c.int8.onnx"
     ex.export_model(build_model("light_nn").eval(), (3, 32, 32), fp32, metadata={"precision": "fp32"})
     calibration = torch.randn(64, 3, 32, 32)
-    assert ex.int8_method(fp32, calibration) == "static" and ex.int8_method(fp32, None) == "dynamic"
-    ex.quantize_int8(fp32, int8, calibration)
+    assert q.int8_method(fp32, calibration) == "static" and q.int8_method(fp32, None) == "dynamic"
+    q.quantize_int8(fp32, int8, calibration)
     proto = onnx.load(int8)
     ops = [n.op_type for n in proto.graph.node]
     assert "QuantizeLinear" in ops and ops[-1] == "Gemm"  # the logit layer stays fp32
     assert {p.key: p.value for p in proto.metadata_props}["precision"] == "int8"
-    out = ex.ort_session(int8).run(None, {"input": calibration[:4].numpy()})[0]
+    out = v.ort_session(int8).run(None, {"input": calibration[:4].numpy()})[0]
     assert out.shape == (4, 10) and np.isfinite(out).all()
 
 
-def test_fixed_batch_validates_at_batch_one(mlp_ckpt, tmp_path):
-    out = tmp_path / "m.onnx"
-    report, lines = _export(mlp_ckpt, out, tmp_path, batch_dynamic=False)
-    assert onnx.load(out).graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
-    assert "at batch size 1," in lines[1] and report.agreement == 1.0
-
-
 def test_validator_fails_when_onnx_disagrees_with_torch(mlp_ckpt, tmp_path, monkeypatch):
-    real_export = ex.export_model
+    real_to_proto = ex.to_proto
 
     def export_a_different_model(model, *args, **kwargs):
         wrong = copy.deepcopy(model)
         with torch.no_grad():
             wrong.output_layer.bias[0] += 0.01
-        real_export(wrong, *args, **kwargs)
+        return real_to_proto(wrong, *args, **kwargs)
 
-    monkeypatch.setattr(ex, "export_model", export_a_different_model)
-    result = CliRunner().invoke(main, ["export", str(mlp_ckpt), "--out", str(tmp_path / "m.onnx"),
-                                       "--data-root", str(tmp_path / "no-data")])
-    assert result.exit_code == 1 and "disagrees with PyTorch" in result.output
+    monkeypatch.setattr(ex, "to_proto", export_a_different_model)
+    result = CliRunner().invoke(main, ["export", str(mlp_ckpt), "--out", str(tmp_path / "m.onnx")])
+    assert result.exit_code == 1 and "m.onnx disagrees with PyTorch" in result.output
     assert "max |logit difference| 1.00e-02" in result.output
     assert _leftovers(tmp_path) == []
 
 
 def test_validator_runs_onnx_checker(mlp_ckpt, tmp_path, monkeypatch):
-    real_export = ex.export_model
+    real_to_proto = ex.to_proto
 
-    def export_then_break(model, input_shape, path, *args, **kwargs):
-        real_export(model, input_shape, path, *args, **kwargs)
-        proto = onnx.load(path)
+    def export_then_break(*args, **kwargs):
+        proto = real_to_proto(*args, **kwargs)
         proto.graph.node[0].input[0] = "no_such_tensor"
-        onnx.save(proto, path)
+        return proto
 
-    monkeypatch.setattr(ex, "export_model", export_then_break)
-    with pytest.raises(ex.ExportError, match="fails onnx.checker"):
+    monkeypatch.setattr(ex, "to_proto", export_then_break)
+    with pytest.raises(ex.ExportError, match="^m.onnx fails onnx.checker"):
         _export(mlp_ckpt, tmp_path / "m.onnx", tmp_path)
     assert _leftovers(tmp_path) == []
 
 
 def test_default_output_goes_to_exports(mlp_ckpt, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(main, ["export", str(mlp_ckpt), "--data-root", str(tmp_path / "no-data")])
+    result = CliRunner().invoke(main, ["export", str(mlp_ckpt)])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "exports" / "mlp.onnx").is_file()
     assert result.output.strip().splitlines()[-1].startswith("exported exports/mlp.onnx: ")
@@ -231,12 +231,12 @@ def test_default_output_goes_to_exports(mlp_ckpt, tmp_path, monkeypatch):
 def test_ort_session_settings(mlp_ckpt, tmp_path):
     out = tmp_path / "m.onnx"
     _export(mlp_ckpt, out, tmp_path)
-    options = ex.ort_session(out, threads=2, optimization="basic").get_session_options()
+    options = v.ort_session(out, threads=2, optimization="basic").get_session_options()
     assert options.intra_op_num_threads == 2 and options.inter_op_num_threads == 1
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     with pytest.raises(KdverifyError, match="cannot load"):
-        ex.ort_session(mlp_ckpt)  # a checkpoint is not an ONNX file
+        v.ort_session(mlp_ckpt)  # a checkpoint is not an ONNX file
 
 
 class _RunsCode:
@@ -273,8 +273,8 @@ def _bad_checkpoint(kind, folder, dataset):
     raise AssertionError(kind)
 
 
-def _run_export(args, folder):
-    return CliRunner().invoke(main, ["export", *args, "--data-root", str(folder / "no-data")])
+def _run_export(args):
+    return CliRunner().invoke(main, ["export", *args])
 
 
 def _assert_one_line_error(result, message):
@@ -292,7 +292,7 @@ def test_bad_checkpoints_fail_in_one_line(kind, tmp_path, tiny_mnist, monkeypatc
     ckpt, message = _bad_checkpoint(kind, tmp_path, tiny_mnist)
     out = tmp_path / "out"
     out.mkdir()
-    result = _run_export([str(ckpt), "--out", str(out / "m.onnx"), "--quantize", "int8"], tmp_path)
+    result = _run_export([str(ckpt), "--out", str(out / "m.onnx"), "--quantize", "int8"])
     _assert_one_line_error(result, message)
     assert _leftovers(out) == [] and not (tmp_path / "exports").exists()
     assert not (tmp_path / "PWNED").exists()
@@ -329,7 +329,7 @@ def test_bad_outputs_and_options_fail_in_one_line(case, message, mlp_ckpt, tmp_p
     else:
         extra = ["--opset", {"opset-too-old": "7", "opset-too-new": "99"}[case]]
     try:
-        result = _run_export([str(mlp_ckpt), "--out", str(out), *extra], tmp_path)
+        result = _run_export([str(mlp_ckpt), "--out", str(out), *extra])
     finally:
         out_dir.chmod(0o700)
     _assert_one_line_error(result, message)
@@ -343,7 +343,7 @@ def test_bad_outputs_and_options_fail_in_one_line(case, message, mlp_ckpt, tmp_p
 def test_force_overwrites(mlp_ckpt, tmp_path):
     out = tmp_path / "m.onnx"
     out.write_bytes(b"old")
-    result = _run_export([str(mlp_ckpt), "--out", str(out), "--force"], tmp_path)
+    result = _run_export([str(mlp_ckpt), "--out", str(out), "--force"])
     assert result.exit_code == 0, result.output
     onnx.checker.check_model(str(out))
-    assert "test errors not measured" in result.output.strip().splitlines()[-1]
+    assert "test errors not measured (no real data)" in result.output.strip().splitlines()[-1]
