@@ -1,4 +1,4 @@
-"""One training loop for every objective (CE, KD, cosine, hint), evaluation, and logit-bias tools.
+"""One training loop for every objective (CE, KD, cosine, hint); evaluation lives in `kdverify.metrics`.
 
 The loop keeps the whole transfer set on the device, shuffles with one randperm, augments a
 batch with one gather, and evaluates the whole test split in a few large batches. When the
@@ -22,49 +22,16 @@ from torch import nn
 from kdverify.data import Augmentation, Dataset, Split, balanced_subset, filter_classes, get_augmentation, \
     iterate_batches, normalize, split_holdout
 from kdverify.losses import cosine_loss, hint_loss, kd_loss
-from kdverify.models import HintRegressor, TappedModel, build_model
+from kdverify.metrics import EVAL_BATCH, Evaluation, evaluate, predict_logits, search_bias_shift, shift_bias, \
+    shift_logits
+from kdverify.models import HintRegressor, TappedModel, build_model, preferred_memory_format
 from kdverify.recipes import Recipe
 
+__all__ = ["TRAINER_VERSION", "EpochRecord", "Evaluation", "TrainResult", "TrainingRun", "evaluate", "fit",
+           "predict_logits", "search_bias_shift", "shift_bias", "shift_logits", "teacher_table", "transfer_indices",
+           "transfer_split"]  # evaluation and bias tools live in kdverify.metrics; re-exported for callers
+
 TRAINER_VERSION = "4"  # bump when a change alters trained weights for the same recipe (part of cache keys)
-EVAL_BATCH = 2000
-
-
-@dataclass
-class Evaluation:
-    """Errors on one split: total, per class, and the confusion matrix (rows = true class)."""
-
-    confusion: torch.Tensor  # int64 (C, C)
-
-    @classmethod
-    def from_logits(cls, logits: torch.Tensor, labels: torch.Tensor) -> "Evaluation":
-        c = logits.shape[1]
-        pred = logits.argmax(dim=1)
-        confusion = torch.bincount(labels * c + pred, minlength=c * c).view(c, c).cpu()
-        return cls(confusion)
-
-    @property
-    def total(self) -> int:
-        return int(self.confusion.sum())
-
-    @property
-    def errors(self) -> int:
-        return self.total - int(self.confusion.diag().sum())
-
-    @property
-    def error_rate(self) -> float:
-        return self.errors / max(self.total, 1)
-
-    @property
-    def per_class_errors(self) -> list[int]:
-        return (self.confusion.sum(dim=1) - self.confusion.diag()).tolist()
-
-    @property
-    def per_class_total(self) -> list[int]:
-        return self.confusion.sum(dim=1).tolist()
-
-    def to_dict(self) -> dict:
-        return {"errors": self.errors, "total": self.total, "error_rate": self.error_rate,
-                "per_class_errors": self.per_class_errors, "confusion": self.confusion.tolist()}
 
 
 @dataclass
@@ -100,67 +67,6 @@ def print_progress(recipe: Recipe, record: EpochRecord, test_total: int) -> None
     print(progress_line(recipe, record, test_total), file=sys.stderr, flush=True)
 
 
-# ---------------------------------------------------------------- evaluation
-
-
-@torch.inference_mode()
-def predict_logits(model: nn.Module, split: Split, mean: Sequence[float], std: Sequence[float],
-                   batch_size: int = EVAL_BATCH) -> torch.Tensor:
-    """Logits of the whole split in large batches, model in eval mode (restored afterwards)."""
-    was_training = model.training
-    model.eval()
-    fmt = preferred_memory_format(model)
-    out = [model(normalize(split.images[i:i + batch_size], mean, std).contiguous(memory_format=fmt))
-           for i in range(0, len(split), batch_size)]
-    model.train(was_training)
-    return torch.cat(out) if out else torch.empty(0, 10)
-
-
-def evaluate(model: nn.Module, split: Split, mean: Sequence[float], std: Sequence[float]) -> Evaluation:
-    return Evaluation.from_logits(predict_logits(model, split, mean, std), split.labels)
-
-
-# ---------------------------------------------------------------- logit-bias adjustment
-
-
-def shift_logits(logits: torch.Tensor, classes: Sequence[int], delta: float) -> torch.Tensor:
-    """What shifting the output bias of `classes` by `delta` does to the logits."""
-    shifted = logits.clone()
-    shifted[:, list(classes)] += delta
-    return shifted
-
-
-def shift_bias(model: TappedModel, classes: Sequence[int], delta: float) -> None:
-    """Shift the output-layer bias of `classes` by `delta`, in place (Hinton's +3.5 on the 3)."""
-    with torch.no_grad():
-        model.output_layer.bias[list(classes)] += delta
-
-
-def search_bias_shift(logits: torch.Tensor, labels: torch.Tensor, classes: Sequence[int],
-                      grid: torch.Tensor | None = None, criterion: str = "errors") -> tuple[float, int]:
-    """The bias shift of `classes` that minimises `criterion` on (logits, labels), and the errors there.
-
-    "errors" counts mistakes (how the paper chose its +3.5, on the test set); ties go to the smallest
-    |shift|. "nll" minimises the mean negative log-likelihood: the maximum-likelihood bias, which uses
-    every example's confidence rather than the few near a decision boundary, so a small held-out set
-    still pins it down. Runs on precomputed logits, so a fine grid costs nothing.
-    """
-    if criterion not in ("errors", "nll"):
-        raise ValueError(f"unknown criterion {criterion!r}; known: errors, nll")
-    if grid is None:
-        grid = torch.arange(-15.0, 15.0001, 0.1)
-    grid = grid[grid.abs().argsort(stable=True)]
-    best_delta, best_score = 0.0, None
-    for delta in grid.tolist():
-        shifted = shift_logits(logits, classes, delta)
-        score = float(F.cross_entropy(shifted, labels)) if criterion == "nll" else \
-            int((shifted.argmax(1) != labels).sum())
-        if best_score is None or score < best_score:
-            best_delta, best_score = round(delta, 4), score
-    errors = int((shift_logits(logits, classes, best_delta).argmax(1) != labels).sum())
-    return best_delta, errors
-
-
 # ---------------------------------------------------------------- training
 
 
@@ -183,13 +89,6 @@ def transfer_split(recipe: Recipe, dataset: Dataset) -> tuple[Split, Split]:
     """The examples a recipe trains on, and its held-out slice (taken before class filters)."""
     train, holdout = transfer_indices(recipe, dataset)
     return dataset.train.take(train), dataset.train.take(holdout)
-
-
-def preferred_memory_format(model: nn.Module) -> torch.memory_format:
-    """channels_last for conv nets: oneDNN's direct convolutions skip a layout reorder per layer
-    (DeepNN training step at batch 128 on 2 CPU cores: 1219 -> 979 ms)."""
-    has_conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
-    return torch.channels_last if has_conv else torch.contiguous_format
 
 
 def make_optimizer(recipe: Recipe, params: list[nn.Parameter]) -> torch.optim.Optimizer:

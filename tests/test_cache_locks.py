@@ -109,9 +109,25 @@ def test_a_holder_killed_while_writing_leaves_nothing_corrupt_and_its_temporary_
     assert _result(again.communicate(timeout=120)[0])["source"] == "cache"
 
 
+@pytest.fixture
+def tiny_registered():
+    """tiny_project's dataset and recipes, registered for one test and removed after it."""
+    import importlib
+
+    from kdverify import data, recipes
+
+    saved = dict(data.LOADERS), dict(recipes.RECIPES)
+    import tiny_project
+
+    importlib.reload(tiny_project)
+    yield
+    for registry, before in zip((data.LOADERS, recipes.RECIPES), saved):
+        registry.clear()
+        registry.update(before)
+
+
 @pytest.mark.parametrize("damage", ["garbage", "truncate", "flip"])
-def test_a_corrupt_entry_is_retrained_under_the_lock_never_trusted(tmp_path, damage, capsys):
-    import tiny_project  # noqa: F401 - registers the dataset and recipes
+def test_a_corrupt_entry_is_retrained_under_the_lock_never_trusted(tmp_path, damage, capsys, tiny_registered):
 
     from kdverify.cache import ModelCache
     from kdverify.data import load_dataset
