@@ -167,7 +167,7 @@ class ModelCache:
     def _train(self, recipe: Recipe, key: str, path: Path, dataset: Dataset, teacher: Trained | None) -> Trained:
         result = fit(recipe, dataset, teacher=teacher.model if teacher else None, progress=self.progress)
         metrics = result_metrics(result, key)
-        payload = checkpoint_payload(result.model, recipe.arch, recipe.arch_kwargs, dataset, recipe.to_dict(), metrics)
+        payload = checkpoint_payload(result.model, recipe.arch, result.arch_kwargs, dataset, recipe.to_dict(), metrics)
         save_checkpoint(path, payload, force=True)  # atomic rename: a reader of the old entry keeps its inode
         return Trained(recipe, key, result.evaluation, result.history, result.seconds, "trained",
                        metrics["weights_sha256"], metrics["machine"], metrics["settings"], model=result.model)

@@ -115,6 +115,21 @@ device_option = click.option("--device", default="auto", show_default=True, help
 budget_option = click.option("--budget", type=click.Choice(list(BUDGETS)), default="ci", show_default=True,
                              help="ci/paper: kdverify's fast recipes (ci distils from the pinned teachers); "
                                   "original: the reference work's own recipe.")
+def _load_recipe_files(ctx: click.Context, param: click.Parameter, paths: tuple[str, ...]) -> None:
+    """Register the recipes of each TOML file before the command looks its --recipe up."""
+    from kdverify.errors import KdverifyError as _Error
+    from kdverify.recipe_file import load_recipe_file
+
+    for path in paths:
+        try:
+            load_recipe_file(path)
+        except _Error as exc:
+            raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+
+
+recipe_file_option = click.option(
+    "--recipe-file", type=click.Path(dir_okay=False), multiple=True, expose_value=False, callback=_load_recipe_files,
+    help="TOML file of recipes (one [table] per recipe, Recipe's fields), registered before the command; repeatable.")
 deterministic_option = click.option(
     "--deterministic", is_flag=True,
     help="Pin torch to 1 thread and use deterministic kernels (bit-identical reruns on one machine; slower).")
@@ -143,6 +158,7 @@ def _optimizer_text(r: Any) -> str:
 
 @main.command("recipes")
 @budget_option
+@recipe_file_option
 def recipes_command(budget: str) -> None:
     """List the training recipes (names for --recipe) with the values the budget trains with."""
     from kdverify.recipes import RECIPES, get_recipe, recipe_kind
@@ -232,7 +248,7 @@ def _train_and_save(recipe_name: str, budget: str, out: str, force: bool, data_r
     click.echo(f"training {recipe.name} ({budget} budget, {recipe.epochs} epochs) on {dataset.variant}, {dev}",
                err=True)
     result = fit(recipe, dataset, teacher=teacher)
-    payload = checkpoint_payload(result.model, recipe.arch, recipe.arch_kwargs, dataset, recipe.to_dict(),
+    payload = checkpoint_payload(result.model, recipe.arch, result.arch_kwargs, dataset, recipe.to_dict(),
                                  result_metrics(result, recipe.fingerprint()))
     _save_or_rescue(out_path, payload, force, recipe.name)
     ev = result.evaluation
@@ -243,6 +259,7 @@ def _train_and_save(recipe_name: str, budget: str, out: str, force: bool, data_r
 def _training_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed([
         click.option("--recipe", "recipe_name", required=True, help="Recipe name (see `kdverify recipes`)."),
+        recipe_file_option,
         budget_option,
         click.option("--out", required=True, type=click.Path(dir_okay=False), help="Checkpoint to write."),
         click.option("--force", is_flag=True, help="Overwrite an existing output."),

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from kdverify.errors import DataCorrupt, DataError, DataMissing
 from kdverify.io import atomic_write_bytes, describe_os_error
 from kdverify.locks import exclusive
+from kdverify.registry import Registry, UnknownName
 
 # md5 of the *uncompressed* IDX bytes: the .gz wrapper may differ between mirrors.
 MNIST_MD5 = {
@@ -468,7 +469,8 @@ def load_cifar10(root: str | os.PathLike | None = None, cache_dir: Path | None =
 # ---------------------------------------------------------------- registry
 
 Loader = Callable[[str | os.PathLike | None], Dataset]
-LOADERS: dict[str, Loader] = {}  # name -> loader(root); fill it with register_dataset
+LOADERS: Registry[Loader] = Registry(  # name -> loader(root); fill it with register_dataset
+    "dataset", "kdverify.datasets", "register it with kdverify.data.register_dataset or --import a module that does")
 
 
 def _describe(loader: Callable) -> str:
@@ -481,15 +483,9 @@ def register_dataset(name: str, loader: Loader, replace: bool = False) -> Loader
     Registering a second, different loader under a taken name is refused unless `replace=True`,
     so two plugins cannot silently swap each other's data; re-registering the same one is a no-op.
     """
-    if not isinstance(name, str) or not name or name != name.strip():
-        raise ValueError(f"a dataset name must be a non-empty string without surrounding spaces, got {name!r}")
     if not callable(loader):
         raise TypeError(f"the loader of dataset {name!r} must be callable as loader(root), got {loader!r}")
-    old = LOADERS.get(name)
-    if old is not None and old is not loader and not replace:
-        raise ValueError(f"dataset {name!r} is already registered ({_describe(old)}); pass replace=True to override it")
-    LOADERS[name] = loader
-    return loader
+    return LOADERS.register(name, loader, replace=replace)
 
 
 register_dataset("mnist", load_mnist)
@@ -499,10 +495,10 @@ register_dataset("cifar10", load_cifar10)
 def load_dataset(name: str, root: str | os.PathLike | None = None,
                  device: torch.device | str = "cpu") -> Dataset:
     """Load a dataset by name and move both splits onto `device` once."""
-    loader = LOADERS.get(name)
-    if loader is None:
-        raise DataError(f"unknown dataset {name!r} (known: {', '.join(LOADERS)}); register it with "
-                        "kdverify.data.register_dataset or --import a module that does")
+    try:
+        loader = LOADERS.lookup(name)
+    except UnknownName as exc:
+        raise DataError(str(exc)) from None
     dataset = loader(root)
     if not isinstance(dataset, Dataset):
         raise DataError(f"the loader of dataset {name!r} ({_describe(loader)}) returned {type(dataset).__name__}, "

@@ -9,11 +9,14 @@ representation and the feature map, so cosine and hint distillation need no copi
 from __future__ import annotations
 
 import functools
+import inspect
 import math
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
 import torch
 from torch import nn
+
+from kdverify.registry import Registry
 
 
 class Taps(NamedTuple):
@@ -103,18 +106,26 @@ class HintonMLP(TappedModel):
         self.classifier = nn.Sequential(nn.Linear(hidden, num_classes))
 
 
+def _pooled(size: int | tuple[int, int], halvings: int) -> int:
+    """Pixels left after `halvings` 2x2 max-pools of a square or (H, W) image."""
+    h, w = (size, size) if isinstance(size, int) else size
+    return (h >> halvings) * (w >> halvings)
+
+
 class BlogCNN(TappedModel):
     """The reproduction's small MNIST CNN (44 errors after 100 epochs in the blog)."""
 
-    def __init__(self, num_classes: int = 10) -> None:
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, image_size: int | tuple[int, int] = 28) -> None:
         super().__init__()
+        h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
+        side = lambda n: ((n + 8 - 5) - 5) // 2 + 1  # noqa: E731 - conv 5 pad 4, then conv 5 stride 2
         self.features = nn.Sequential(
-            nn.Conv2d(1, 8, 5, padding=4), nn.ReLU(),  # 28 -> 32
+            nn.Conv2d(in_channels, 8, 5, padding=4), nn.ReLU(),  # 28 -> 32
             nn.Conv2d(8, 16, 5, stride=2),  # 32 -> 14
             nn.MaxPool2d(2), nn.ReLU(),  # 14 -> 7: 16*7*7 = 784
         )
         self.classifier = nn.Sequential(
-            nn.Dropout(0.25), nn.Linear(784, 256), nn.ReLU(), nn.Dropout(0.5),
+            nn.Dropout(0.25), nn.Linear(16 * (side(h) // 2) * (side(w) // 2), 256), nn.ReLU(), nn.Dropout(0.5),
             nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, num_classes),
         )
 
@@ -122,56 +133,89 @@ class BlogCNN(TappedModel):
 class DeepNN(TappedModel):
     """The tutorial's CIFAR-10 teacher: 1,186,986 parameters; features 32x8x8 = 2048."""
 
-    def __init__(self, num_classes: int = 10) -> None:
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, image_size: int | tuple[int, int] = 32) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(3, 128, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(in_channels, 128, 3, padding=1), nn.ReLU(),
             nn.Conv2d(128, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(),
             nn.Conv2d(64, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
         )
-        self.classifier = nn.Sequential(nn.Linear(2048, 512), nn.ReLU(), nn.Dropout(0.1), nn.Linear(512, num_classes))
+        self.classifier = nn.Sequential(nn.Linear(32 * _pooled(image_size, 2), 512), nn.ReLU(), nn.Dropout(0.1),
+                                        nn.Linear(512, num_classes))
 
 
 class LightNN(TappedModel):
     """The tutorial's CIFAR-10 student: 267,738 parameters; features 16x8x8 = 1024."""
 
-    def __init__(self, num_classes: int = 10) -> None:
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, image_size: int | tuple[int, int] = 32) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(in_channels, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
             nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
         )
-        self.classifier = nn.Sequential(nn.Linear(1024, 256), nn.ReLU(), nn.Dropout(0.1), nn.Linear(256, num_classes))
+        self.classifier = nn.Sequential(nn.Linear(16 * _pooled(image_size, 2), 256), nn.ReLU(), nn.Dropout(0.1),
+                                        nn.Linear(256, num_classes))
 
 
 class HintRegressor(nn.Module):
-    """FitNets-style regressor: maps the student's feature map onto the teacher's channels.
+    """FitNets-style regressor: maps the student's feature map onto the teacher's.
 
-    Training-only: it lives beside the student, never inside it, so exports do not carry it.
+    Built from the two maps' shapes: a 3x3 convolution from the student's channels to the
+    teacher's (then pooled to the teacher's height and width where they differ) for image maps,
+    a linear layer for flat ones. Training-only: it lives beside the student, never inside it,
+    so exports do not carry it.
     """
 
-    def __init__(self, in_channels: int = 16, out_channels: int = 32) -> None:
+    def __init__(self, in_channels: int = 16, out_channels: int = 32,
+                 out_size: tuple[int, int] | None = None) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(out_size) if out_size else nn.Identity()
+
+    @classmethod
+    def for_shapes(cls, student: tuple[int, ...], teacher: tuple[int, ...]) -> nn.Module:
+        """The regressor from a student feature map of shape `student` to a teacher one of shape `teacher`
+        (both without the batch dimension)."""
+        if len(student) == 3 and len(teacher) == 3:
+            return cls(student[0], teacher[0], None if student[1:] == teacher[1:] else tuple(teacher[1:]))
+        if len(student) == 1 and len(teacher) == 1:
+            return nn.Linear(student[0], teacher[0])
+        raise ValueError(f"no hint regressor from a feature map of shape {tuple(student)} to one of {tuple(teacher)}: "
+                         "both must be (C, H, W) or both flat")
 
     def forward(self, feature_map: torch.Tensor) -> torch.Tensor:
-        return self.conv(feature_map)
+        return self.pool(self.conv(feature_map))
 
 
-ARCHITECTURES: dict[str, type[TappedModel]] = {
-    "hinton_mlp": HintonMLP,
-    "blog_cnn": BlogCNN,
-    "deep_nn": DeepNN,
-    "light_nn": LightNN,
-}
+ARCHITECTURES: Registry[type[TappedModel]] = Registry(
+    "architecture", "kdverify.models",
+    "register it with kdverify.models.register_model in a module you --import, or install the package that provides it")
+
+
+def register_model(name: str, factory: Callable[..., TappedModel], replace: bool = False) -> Callable[..., TappedModel]:
+    """Make `name` buildable (recipes and checkpoints name architectures by it). `factory(**kwargs)` returns
+    a TappedModel; the keyword arguments it accepts among `num_classes`, `in_channels`, `in_features`,
+    `image_size` and `input_shape` are filled from the dataset when a recipe does not set them."""
+    return ARCHITECTURES.register(name, factory, replace=replace)
+
+
+for _name, _cls in (("hinton_mlp", HintonMLP), ("blog_cnn", BlogCNN), ("deep_nn", DeepNN), ("light_nn", LightNN)):
+    register_model(_name, _cls)
+
+
+def shape_kwargs(arch: str, input_shape: Sequence[int], num_classes: int) -> dict[str, Any]:
+    """The data-shape arguments `arch`'s constructor accepts, from the data: classes, channels, pixels."""
+    accepted = inspect.signature(ARCHITECTURES.lookup(arch)).parameters
+    shape = tuple(int(d) for d in input_shape)
+    known = {"num_classes": num_classes, "in_channels": shape[0], "in_features": math.prod(shape),
+             "image_size": shape[1:] if len(shape) == 3 else None, "input_shape": shape}
+    return {k: v for k, v in known.items() if k in accepted and v is not None}
 
 
 def build_model(arch: str, **kwargs: Any) -> TappedModel:
     """Architecture name + constructor arguments -> module (how checkpoints rebuild models)."""
-    if arch not in ARCHITECTURES:
-        raise KeyError(f"unknown architecture {arch!r}; known: {', '.join(ARCHITECTURES)}")
-    return ARCHITECTURES[arch](**kwargs)
+    return ARCHITECTURES.lookup(arch)(**kwargs)
 
 
 def preferred_memory_format(model: nn.Module) -> torch.memory_format:

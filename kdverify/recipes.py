@@ -21,9 +21,20 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from kdverify.registry import Registry
+
 BUDGETS = ("ci", "paper", "original")
 PINNED_BUDGETS = ("ci",)  # budgets whose teachers come from kdverify/teachers/
-OBJECTIVES = ("ce", "kd", "cosine", "hint")
+
+
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("constant", "step", "cosine", "linear")
+
+
+def _augmentations() -> tuple[str, ...]:
+    from kdverify.data import AUGMENTATIONS
+
+    return tuple(AUGMENTATIONS)
 
 
 @dataclass(frozen=True)
@@ -59,10 +70,44 @@ class Recipe:
     note: str = ""  # why this recipe looks the way it does (not part of the cache key)
 
     def __post_init__(self) -> None:
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"{self.name}: unknown objective {self.objective!r}")
-        if self.objective != "ce" and not self.teacher:
+        self._check_values()
+        from kdverify.objectives import get_objective
+
+        try:
+            needs_teacher = get_objective(self.objective).needs_teacher
+        except KeyError as exc:
+            raise ValueError(f"recipe {self.name}: {exc}") from None
+        if needs_teacher and not self.teacher:
             raise ValueError(f"{self.name}: objective {self.objective!r} needs a teacher recipe")
+
+    def _check_values(self) -> None:
+        """Bad values fail when the recipe is made (a TOML typo, a negative lr), not an hour into training."""
+        def bad(field_name: str, why: str) -> ValueError:
+            return ValueError(f"recipe {self.name!r}: {field_name} = {getattr(self, field_name)!r} {why}")
+
+        for name, kind in (("epochs", int), ("batch_size", int), ("seed", int), ("holdout", int),
+                           ("train_subset", int), ("step_every", int)):
+            value = getattr(self, name)
+            if not isinstance(value, kind) or isinstance(value, bool) or value < 0:
+                raise bad(name, "must be a non-negative integer")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise bad("epochs" if self.epochs < 1 else "batch_size", "must be at least 1")
+        if not isinstance(self.lr, (int, float)) or isinstance(self.lr, bool) or not 0 < self.lr < float("inf"):
+            raise bad("lr", "must be a positive number")
+        for name in ("temperature", "soft_weight", "momentum", "weight_decay", "grad_clip", "warmup_epochs",
+                     "step_gamma"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < float("inf"):
+                raise bad(name, "must be a non-negative number")
+        if not 0 <= self.soft_weight <= 1:
+            raise bad("soft_weight", "must be between 0 and 1")
+        if self.objective != "ce" and self.temperature <= 0:
+            raise bad("temperature", "must be positive")
+        for name, known in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("augment", _augmentations())):
+            if getattr(self, name) not in known:
+                raise bad(name, f"is not one of {', '.join(known)}")
+        if not isinstance(self.arch_kwargs, dict):
+            raise bad("arch_kwargs", "must be a table of constructor arguments")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -120,7 +165,7 @@ _FAST_KD_SMALL_SET = {**_FAST_KD, "lr": 0.01}
 # 15 epochs: 71.82%); about 45 s per student plus one 105 s teacher pass shared by all of them.
 _FAST_CIFAR_STUDENT = dict(lr=2e-3, schedule="linear", warmup_epochs=0.5, augment="flip")
 
-RECIPES: dict[str, dict[str, Recipe]] = {
+_BUILTIN: dict[str, dict[str, Recipe]] = {
     # ---- Hinton et al. 2015, section 3 (original: the public reproduction's settings)
     "hinton-teacher": _pair(
         Recipe("hinton-teacher", "mnist", "hinton_mlp", arch_kwargs=TEACHER_MLP, epochs=1000, lr=0.01,
@@ -196,22 +241,32 @@ RECIPES: dict[str, dict[str, Recipe]] = {
 PINNED_TEACHERS = ("hinton-teacher", "tutorial-deepnn")  # shipped in kdverify/teachers/, used by `ci`
 
 
+def _adopt_entry_point(registry: Registry, name: str, obj: Any) -> None:
+    """Entry point `kdverify.recipes`: a Recipe, or a callable returning Recipes."""
+    for recipe in [obj] if isinstance(obj, Recipe) else list(obj()):
+        register_recipe(recipe)
+
+
+RECIPES: Registry[dict[str, Recipe]] = Registry(  # name -> {"fast": Recipe, "original": Recipe}
+    "recipe", "kdverify.recipes",
+    "register it with kdverify.recipes.register_recipe, a --recipe-file, or a module you --import",
+    adopt=_adopt_entry_point)
+
+
 def register_recipe(fast: Recipe, original: Recipe | None = None, replace: bool = False) -> Recipe:
     """Make a recipe available by name: `fast` for the ci/paper budgets, `original` (default: the same)
     for the original budget. Registering a different recipe under a taken name needs `replace=True`."""
     pair = {"fast": fast, "original": original or fast}
     if any(r.name != fast.name for r in pair.values()):
         raise ValueError(f"recipe {fast.name!r}: the fast and original recipes must share the name")
-    if fast.name in RECIPES and RECIPES[fast.name] != pair and not replace:
-        raise ValueError(f"recipe {fast.name!r} is already registered; pass replace=True to replace it")
-    RECIPES[fast.name] = pair
+    RECIPES.register(fast.name, pair, replace=replace)
     return fast
 
 
+for _pair_of in _BUILTIN.values():
+    register_recipe(_pair_of["fast"], _pair_of["original"])
+
+
 def get_recipe(name: str, budget: str = "ci") -> Recipe:
-    """Look a recipe up by name and budget; a clear KeyError names what exists."""
-    kind = recipe_kind(budget)
-    if name not in RECIPES:
-        raise KeyError(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}; register it with "
-                       "kdverify.recipes.register_recipe in a module you --import")
-    return RECIPES[name][kind]
+    """Look a recipe up by name and budget; an unknown name is a one-line error naming what exists."""
+    return RECIPES.lookup(name)[recipe_kind(budget)]

@@ -16,15 +16,14 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from kdverify.data import Augmentation, Dataset, Split, balanced_subset, filter_classes, get_augmentation, \
     iterate_batches, normalize, split_holdout
-from kdverify.losses import cosine_loss, hint_loss, kd_loss
 from kdverify.metrics import EVAL_BATCH, Evaluation, evaluate, predict_logits, search_bias_shift, shift_bias, \
     shift_logits
-from kdverify.models import HintRegressor, TappedModel, build_model, preferred_memory_format
+from kdverify.models import TappedModel, build_model, preferred_memory_format, shape_kwargs
+from kdverify.objectives import get_objective
 from kdverify.recipes import Recipe
 
 __all__ = ["TRAINER_VERSION", "EpochRecord", "Evaluation", "TrainResult", "TrainingRun", "evaluate", "fit",
@@ -49,6 +48,13 @@ class TrainResult:
     evaluation: Evaluation
     history: list[EpochRecord] = field(default_factory=list)
     seconds: float = 0.0
+    arch_kwargs: dict = field(default_factory=dict)  # what the model was built with (recipe's + the data's shape)
+
+
+def model_kwargs(recipe: Recipe, dataset: Dataset) -> dict:
+    """Constructor arguments: the data's shape (classes, channels, pixels) where the architecture takes them,
+    then the recipe's own, which win. Never guessed: taken from the dataset the model trains on."""
+    return {**shape_kwargs(recipe.arch, dataset.input_shape, len(dataset.classes)), **recipe.arch_kwargs}
 
 
 ProgressFn = Callable[[Recipe, EpochRecord, int], None]
@@ -126,7 +132,6 @@ TEACHER_TABLE_BYTES = 2 << 30  # larger tables (e.g. a wide MLP's hidden layer x
 
 # What each objective learns from; the feature map is the hidden representation unflattened, so a
 # table stores only logits and hidden features, and one teacher pass fills both where both fit.
-_TAP_OF_OBJECTIVE = {"kd": "logits", "cosine": "hidden", "hint": "feature_map"}
 _TABLE_TAPS = ("logits", "hidden")
 
 
@@ -140,7 +145,7 @@ class _TeacherSignal:
     """
 
     def __init__(self, recipe: Recipe, teacher: TappedModel, dataset: Dataset, augmentation: Augmentation) -> None:
-        self.tap, self.teacher = _TAP_OF_OBJECTIVE[recipe.objective], teacher.eval()
+        self.tap, self.teacher = get_objective(recipe.objective).teacher_tap, teacher.eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
         self.table: torch.Tensor | None = None
@@ -205,23 +210,33 @@ class TrainingRun:
         if len(self.train) == 0:
             raise ValueError(f"{recipe.name}: the transfer set is empty after filters")
         torch.manual_seed(recipe.seed)
-        self.model = build_model(recipe.arch, **recipe.arch_kwargs).to(device)
+        self.arch_kwargs = model_kwargs(recipe, dataset)
+        self.model = build_model(recipe.arch, **self.arch_kwargs).to(device)
         self.memory_format = preferred_memory_format(self.model)
         self.model.to(memory_format=self.memory_format)
         self.params = list(self.model.parameters())
-        self.regressor: nn.Module | None = None
+        self.objective = get_objective(recipe.objective)
+        self.adapter: nn.Module | None = None
         self.signal: _TeacherSignal | None = None
-        if recipe.objective != "ce":
+        if self.objective.needs_teacher:
             if teacher is None:
                 raise ValueError(f"{recipe.name}: objective {recipe.objective!r} needs a teacher model")
             self.signal = _TeacherSignal(recipe, teacher, dataset, self.augmentation)
-            if recipe.objective == "hint":
-                self.regressor = HintRegressor().to(device)
-                self.params += list(self.regressor.parameters())
+            if self.objective.adapter is not None:
+                self.adapter = self.objective.adapter(self._student_tap_shape(), tuple(self.signal.shape)).to(device)
+                self.params += list(self.adapter.parameters())
         self.optimizer = make_optimizer(recipe, self.params)
         self.generator = torch.Generator().manual_seed(recipe.seed + 1)
         self.steps_per_epoch = math.ceil(len(self.train) / recipe.batch_size)
         self.model.train()
+
+    def _student_tap_shape(self) -> tuple[int, ...]:
+        """Shape of the student tap the objective's adapter maps (eval mode: no dropout, no RNG drawn)."""
+        self.model.eval()
+        with torch.no_grad():
+            probe = self.model.forward_taps(torch.zeros(1, *self.dataset.input_shape, device=self.train.images.device))
+        self.model.train()
+        return tuple(getattr(probe, self.objective.adapter_tap).shape[1:])
 
     def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """One shuffled epoch of (index, uint8 images, labels)."""
@@ -237,7 +252,7 @@ class TrainingRun:
         x = normalize(self.augmentation.apply(images, variant), self.dataset.mean, self.dataset.std)
         x = x.contiguous(memory_format=self.memory_format)
         target = self.signal.batch(self.origin[index], variant, x) if self.signal else None
-        loss = _objective(recipe, self.model, self.regressor, x, labels, target)
+        loss = self.objective.loss(recipe, self.model, x, labels, target, self.adapter)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if recipe.grad_clip:
@@ -264,18 +279,4 @@ def fit(recipe: Recipe, dataset: Dataset, teacher: TappedModel | None = None,
         if progress:
             progress(recipe, record, evaluation.total)
     run.model.eval()
-    return TrainResult(run.model, recipe, evaluation, history, time.perf_counter() - started)
-
-
-def _objective(recipe: Recipe, model: TappedModel, regressor: nn.Module | None, x: torch.Tensor,
-               labels: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
-    if recipe.objective == "ce":
-        return F.cross_entropy(model(x), labels)
-    taps = model.forward_taps(x)
-    if recipe.objective == "kd":
-        return kd_loss(taps.logits, target, labels, recipe.temperature, recipe.soft_weight)
-    if recipe.objective == "cosine":
-        distill = cosine_loss(taps.hidden, target)
-    else:
-        distill = hint_loss(regressor(taps.feature_map), target)
-    return recipe.soft_weight * distill + (1 - recipe.soft_weight) * F.cross_entropy(taps.logits, labels)
+    return TrainResult(run.model, recipe, evaluation, history, time.perf_counter() - started, run.arch_kwargs)

@@ -53,7 +53,8 @@ def stand_ins(monkeypatch, tiny_mnist, tmp_path):
         calls.append("fit")
         torch.manual_seed(0)
         model = build_model(recipe.arch, **recipe.arch_kwargs)
-        return TrainResult(model, recipe, Evaluation(torch.diag(torch.full((10,), 50))), seconds=1.0)
+        return TrainResult(model, recipe, Evaluation(torch.diag(torch.full((10,), 50))), seconds=1.0,
+                           arch_kwargs=dict(recipe.arch_kwargs))
 
     monkeypatch.setattr(data_module, "load_dataset", load_dataset)
     monkeypatch.setattr(train_module, "fit", fit)
@@ -331,7 +332,7 @@ def user_modules(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", list(sys.path))
-    monkeypatch.setattr(recipes, "RECIPES", dict(recipes.RECIPES))
+    monkeypatch.setattr(recipes, "RECIPES", recipes.RECIPES.copy())
     before = set(sys.modules)
 
     def write(name: str, source: str) -> str:

@@ -11,7 +11,7 @@ from kdverify.errors import DataError, DataMissing
 @pytest.fixture
 def registry(monkeypatch):
     """A private copy of the registry, so tests never leak datasets into each other."""
-    monkeypatch.setattr(data, "LOADERS", dict(data.LOADERS))
+    monkeypatch.setattr(data, "LOADERS", data.LOADERS.copy())
     return data.LOADERS
 
 

@@ -24,7 +24,7 @@ def load_tiny(root=None):
                    _split(600, 0), _split(200, 1))
 
 
-data.LOADERS["tiny"] = load_tiny
+data.register_dataset("tiny", load_tiny, replace=True)
 MLP = dict(hidden=16)
 register_recipe(Recipe("tiny-teacher", "tiny", "hinton_mlp", epochs=3, lr=0.05, arch_kwargs=MLP), replace=True)
 register_recipe(Recipe("tiny-hard", "tiny", "hinton_mlp", epochs=2, lr=0.05, arch_kwargs=MLP, seed=1),

@@ -1,0 +1,99 @@
+"""Registries by name — models, datasets, objectives, recipes — with one small API and entry points.
+
+Built-ins register through the same `register` as users. An installed package extends kdverify
+with no flags by declaring entry points in the groups `kdverify.models`, `kdverify.datasets`,
+`kdverify.objectives` and `kdverify.recipes` (name = key, value = the object, or a module whose
+import registers things); they are loaded the first time a registry is asked for something it
+does not hold. A missing key is a one-line error that names what exists and how to add it.
+"""
+
+from __future__ import annotations
+
+import types
+from importlib.metadata import entry_points
+from typing import Any, Callable, Generic, Iterator, TypeVar
+
+from kdverify.errors import KdverifyError
+
+T = TypeVar("T")
+
+
+class UnknownName(KdverifyError, KeyError):
+    """A name no registry entry answers to (one line: what exists, how to add it)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class Registry(dict, Generic[T]):
+    """name -> object. A dict (so `in`, iteration and `[name]` work) plus `register` / `lookup`."""
+
+    def __init__(self, kind: str, group: str, how_to_add: str,
+                 adopt: Callable[["Registry[T]", str, Any], None] | None = None) -> None:
+        super().__init__()
+        self.kind, self.group, self.how_to_add = kind, group, how_to_add
+        self._adopt = adopt  # how an entry point's object is registered (default: under the entry point's name)
+        self._entry_points_loaded = False
+
+    def register(self, name: str, obj: T, replace: bool = False) -> T:
+        """Add `obj` under `name`; a different object under a taken name needs `replace=True`."""
+        if not isinstance(name, str) or not name or name != name.strip():
+            raise ValueError(f"a {self.kind} name must be a non-empty string without surrounding spaces, got {name!r}")
+        old = dict.get(self, name)
+        if old is not None and old is not obj and old != obj and not replace:
+            raise ValueError(f"{self.kind} {name!r} is already registered ({_describe(old)}); "
+                             "pass replace=True to replace it")
+        self[name] = obj
+        return obj
+
+    def copy(self) -> "Registry[T]":
+        """A registry of the same kind holding the same entries (tests register into a copy)."""
+        twin: Registry[T] = Registry(self.kind, self.group, self.how_to_add, self._adopt)
+        twin.update(self)
+        twin._entry_points_loaded = self._entry_points_loaded
+        return twin
+
+    def lookup(self, name: str) -> T:
+        """The object registered as `name`, loading entry points first if it is not there yet."""
+        if not dict.__contains__(self, name):
+            self.load_entry_points()
+        if not dict.__contains__(self, name):
+            raise UnknownName(f"unknown {self.kind} {name!r} (known: {', '.join(self) or 'none'}); "
+                              f"{self.how_to_add}")
+        return self[name]
+
+    def __contains__(self, name: object) -> bool:
+        if not dict.__contains__(self, name):
+            self.load_entry_points()
+        return dict.__contains__(self, name)
+
+    def names(self) -> list[str]:
+        self.load_entry_points()
+        return list(self)
+
+    def __iter__(self) -> Iterator[str]:
+        self.load_entry_points()
+        return super().__iter__()
+
+    def load_entry_points(self) -> None:
+        """Register what installed packages declare in this registry's entry-point group (once)."""
+        if self._entry_points_loaded:
+            return
+        self._entry_points_loaded = True
+        for ep in entry_points(group=self.group):
+            try:
+                obj = ep.load()
+            except Exception as exc:  # noqa: BLE001 - a broken plugin: one line naming it
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise KdverifyError(f"entry point {ep.name} = {ep.value} ({self.group}) cannot be loaded: "
+                                    f"{type(exc).__name__}: {first}") from None
+            if isinstance(obj, types.ModuleType):
+                continue  # importing it registered what it provides
+            if self._adopt is not None:
+                self._adopt(self, ep.name, obj)
+            elif not dict.__contains__(self, ep.name):
+                self.register(ep.name, obj)
+
+
+def _describe(obj: Any) -> str:
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', getattr(obj, 'name', repr(obj)))}"

@@ -1,0 +1,105 @@
+"""Recipes from TOML: read, validated field by field, registered; every mistake one line naming file and field."""
+
+import pytest
+from click.testing import CliRunner
+
+from kdverify import recipes
+from kdverify.cli import main
+from kdverify.recipe_file import RecipeFileError, load_recipe_file, read_recipe_file
+
+GOOD = """
+[my-teacher]
+dataset = "mnist"
+arch = "hinton_mlp"
+epochs = 2
+lr = 0.05
+arch_kwargs = { hidden = 32 }
+
+[my-student]
+dataset = "mnist"
+arch = "hinton_mlp"
+epochs = 3
+lr = 0.05
+objective = "kd"
+teacher = "my-teacher"
+temperature = 4.0
+soft_weight = 0.7
+keep_classes = [7, 8]
+arch_kwargs = { hidden = 16 }
+note = "a tiny student"
+
+[my-student.original]
+epochs = 100
+"""
+
+BASE = 'dataset = "mnist"\narch = "hinton_mlp"\nepochs = 2\nlr = 0.05\n'
+
+
+@pytest.fixture
+def registry(monkeypatch):
+    monkeypatch.setattr(recipes, "RECIPES", recipes.RECIPES.copy())
+    import kdverify.recipe_file as rf
+
+    monkeypatch.setattr(rf, "RECIPES", recipes.RECIPES)
+    return recipes.RECIPES
+
+
+def test_a_file_registers_fast_and_original_recipes(tmp_path, registry):
+    path = tmp_path / "r.toml"
+    path.write_text(GOOD)
+    fast = load_recipe_file(path)
+    assert [r.name for r in fast] == ["my-teacher", "my-student"]
+    student = recipes.get_recipe("my-student", "ci")
+    assert student.arch_kwargs == {"hidden": 16} and student.keep_classes == (7, 8) and student.epochs == 3
+    assert recipes.get_recipe("my-student", "original").epochs == 100  # only what the original table changes
+    assert recipes.get_recipe("my-student", "original").temperature == 4.0
+    assert load_recipe_file(path) == fast  # reading the same file again is a no-op
+
+
+@pytest.mark.parametrize("table,match", [
+    (BASE + "learning_rate = 3\n", "unknown field\\(s\\) learning_rate; known: name, dataset"),
+    (BASE.replace("lr = 0.05", "lr = -1"), "lr = -1 must be a positive number"),
+    (BASE.replace("epochs = 2", "epochs = 0"), "epochs = 0 must be at least 1"),
+    (BASE.replace("epochs = 2", 'epochs = "two"'), "epochs = 'two' must be a non-negative integer"),
+    (BASE + 'optimizer = "adamw"\n', "optimizer = 'adamw' is not one of sgd, adam"),
+    (BASE + 'augment = "rotate"\n', "augment = 'rotate' is not one of none, jitter2"),
+    (BASE + "soft_weight = 1.5\n", "soft_weight = 1.5 must be between 0 and 1"),
+    (BASE + 'objective = "kd"\n', "objective 'kd' needs a teacher recipe"),
+    (BASE + 'objective = "mse"\nteacher = "hinton-teacher"\n', "unknown objective 'mse'"),
+    (BASE + 'objective = "kd"\nteacher = "nobody"\n', "teacher 'nobody' is neither in this file nor registered"),
+    (BASE.replace('"hinton_mlp"', '"resnet"'), "unknown arch 'resnet'.*--import"),
+    (BASE.replace('"mnist"', '"svhn"'), "unknown dataset 'svhn'"),
+    (BASE + 'keep_classes = ["7"]\n', "keep_classes must be a list of class indices"),
+    (BASE + 'name = "other"\n', "sets name = 'other'; the table's name is the name"),
+    ('RAW:dataset = "mnist"\n', "'dataset' must be a \\[table\\] of recipe fields"),
+    ("arch = 3 = 4\n", "not valid TOML"),
+    ("RAW:", "no recipes"),
+    ('dataset = "mnist"\n', "missing required field\\(s\\) arch, epochs, lr"),
+])
+def test_mistakes_are_one_line_errors_naming_file_recipe_and_field(tmp_path, registry, table, match):
+    path = tmp_path / "r.toml"
+    path.write_text(table[4:] if table.startswith("RAW:") else "[x]\n" + table)
+    with pytest.raises(RecipeFileError, match=match) as info:
+        read_recipe_file(path)
+    assert str(info.value).startswith(str(path)) and "\n" not in str(info.value)
+
+
+def test_a_file_cannot_silently_replace_a_builtin(tmp_path, registry):
+    path = tmp_path / "r.toml"
+    path.write_text("[hinton-teacher]\n" + BASE)
+    with pytest.raises(RecipeFileError, match="recipe 'hinton-teacher' is already registered"):
+        load_recipe_file(path)
+
+
+def test_cli_recipes_lists_a_file_and_rejects_a_bad_one(tmp_path, registry):
+    good, bad = tmp_path / "good.toml", tmp_path / "bad.toml"
+    good.write_text(GOOD)
+    bad.write_text("[x]\n" + BASE + "learning_rate = 3\n")
+    result = CliRunner().invoke(main, ["recipes", "--recipe-file", str(good), "--budget", "original"])
+    assert result.exit_code == 0, result.output
+    line = next(x for x in result.output.splitlines() if x.startswith("my-student"))
+    assert " 100 " in line and "kd" in line and "my-teacher" in line
+    result = CliRunner().invoke(main, ["recipes", "--recipe-file", str(bad)])
+    assert result.exit_code == 2 and "unknown field(s) learning_rate" in result.output
+    result = CliRunner().invoke(main, ["recipes", "--recipe-file", str(tmp_path / "none.toml")])
+    assert result.exit_code == 2 and "cannot read" in result.output
