@@ -310,8 +310,9 @@ def evaluate_command(checkpoint: str, data_root: str | None, device: str, determ
     ckpt = load_checkpoint(checkpoint)
     for problem in checkpoint_problems(ckpt):
         _warn(f"{checkpoint}: {problem}")
-    dataset_name = ckpt.recipe.get("dataset") or ("cifar10" if ckpt.input_shape[:1] == (3,) else "mnist")
-    dataset = load_dataset(dataset_name, data_root, dev)
+    if not ckpt.dataset:
+        raise KdverifyError(f"{checkpoint} does not name the dataset it was trained on (written by an old kdverify?)")
+    dataset = load_dataset(ckpt.dataset, data_root, dev)
     ev = evaluate(ckpt.model.to(dev), dataset.test, ckpt.mean, ckpt.std)
     click.echo(f"{checkpoint}: {ckpt.arch} on {dataset.variant}: {ev.errors}/{ev.total} errors "
                f"({100 * ev.error_rate:.2f}%)")

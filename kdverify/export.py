@@ -188,7 +188,10 @@ def _check_description(ckpt: Checkpoint, path: Path) -> None:
 
 
 def _dataset_name(ckpt: Checkpoint) -> str:
-    return ckpt.recipe.get("dataset") or ("cifar10" if tuple(ckpt.input_shape)[:1] == (3,) else "mnist")
+    """The dataset the checkpoint says it was trained on: recorded, never guessed from its shape."""
+    if not ckpt.dataset:
+        raise ExportError("the checkpoint does not name the dataset it was trained on (written by an old kdverify?)")
+    return ckpt.dataset
 
 
 def _asked_for_data(data_root: str | None) -> str | None:

@@ -1,4 +1,4 @@
-"""Distillation objectives, registered by name so recipes name a loss instead of re-implementing it.
+"""Distillation losses (the objectives that use them are registered by name in `kdverify.objectives`).
 
 Reduction conventions (tested against reference formulas in tests/test_losses.py):
 - KL is summed over classes and averaged over the batch ("batchmean"). This equals the
@@ -10,8 +10,6 @@ Reduction conventions (tested against reference formulas in tests/test_losses.py
 """
 
 from __future__ import annotations
-
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -32,13 +30,17 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
 
 
 def pool_to_width(features: torch.Tensor, width: int) -> torch.Tensor:
-    """Average-pool flattened features (B, D) to (B, width); D must be a multiple of width."""
+    """Average-pool flattened features (B, D) to (B, width), whatever D and width are.
+
+    D a multiple of width: means of consecutive groups of D / width (the tutorial's avg_pool1d);
+    otherwise adaptive average pooling (overlapping windows; it repeats features when D < width).
+    """
     d = features.shape[1]
     if d == width:
         return features
-    if d % width:
-        raise ValueError(f"cannot average-pool {d} features to {width}")
-    return features.view(features.shape[0], width, d // width).mean(dim=2)
+    if d % width == 0:
+        return features.view(features.shape[0], width, d // width).mean(dim=2)
+    return F.adaptive_avg_pool1d(features.unsqueeze(1), width).squeeze(1)
 
 
 def cosine_loss(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor) -> torch.Tensor:
@@ -53,10 +55,3 @@ def cosine_loss(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor) -> t
 def hint_loss(regressed_map: torch.Tensor, teacher_map: torch.Tensor) -> torch.Tensor:
     """FitNets hint: mean squared error between the regressed student map and the teacher map."""
     return F.mse_loss(regressed_map, teacher_map)
-
-
-LOSSES: dict[str, Callable[..., torch.Tensor]] = {
-    "kd": kd_loss,
-    "cosine": cosine_loss,
-    "hint": hint_loss,
-}
