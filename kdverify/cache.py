@@ -179,27 +179,42 @@ class ModelCache:
             print(f"kdverify: {message}", file=sys.stderr, flush=True)
 
     def adopt(self, checkpoint: str | os.PathLike) -> Path:
-        """Make a model trained elsewhere by `kdverify train` (a long run in the background, in parts)
-        this budget's cache entry for its recipe; refused when its recipe is not this budget's."""
+        """Make a model trained elsewhere by `kdverify train` / `distill` (a long run in the background, in
+        parts) this budget's cache entry for its recipe; refused when its recipe is not this budget's, or,
+        for a student, when it was not distilled from the teacher this cache holds for its recipe."""
         ckpt = load_checkpoint(checkpoint)
         recipe = Recipe.from_dict(ckpt.recipe)
         expected = get_recipe(recipe.name, self.budget).with_seed(recipe.seed)
         if recipe.fingerprint() != expected.fingerprint():
             raise CheckpointError(f"{checkpoint}: trained with recipe {recipe.fingerprint()}, but {recipe.name} "
                                   f"in the {self.budget} budget is {expected.fingerprint()}")
-        if recipe.teacher:
-            raise CheckpointError(f"{checkpoint}: only models without a teacher can be adopted")
-        key = self.key(recipe)
-        metrics = {"machine": machine_description(), **ckpt.metrics,  # older checkpoints did not record it
-                   "cache_key": key, "weights_sha256": state_digest(ckpt.model)}
         dataset = self.datasets[recipe.dataset]
         if ckpt.dataset_variant != dataset.variant:
             raise CheckpointError(f"{checkpoint}: trained on {ckpt.dataset_variant}, this data is {dataset.variant}")
+        teacher = self._cached_teacher(checkpoint, recipe, ckpt.metrics) if recipe.teacher else None
+        key = self.key(recipe, teacher)
+        metrics = {"machine": machine_description(), **ckpt.metrics,  # older checkpoints did not record it
+                   "cache_key": key, "weights_sha256": state_digest(ckpt.model)}
         path = self.path(recipe, key)
         with exclusive(path, f"{recipe.name} seed {recipe.seed}", say=self._say):
             save_checkpoint(path, checkpoint_payload(ckpt.model, ckpt.arch, ckpt.arch_kwargs, dataset, ckpt.recipe,
                                                      metrics), force=True)
         return path
+
+    def _cached_teacher(self, checkpoint: str | os.PathLike, recipe: Recipe, metrics: dict[str, Any]) -> Trained:
+        """The teacher a student to adopt names, which must already be here and be the one it learnt from."""
+        teacher_recipe = self.teacher_of(recipe)
+        if not self.uses_pinned(teacher_recipe):
+            teacher_key = self.key(teacher_recipe)
+            if not self.path(teacher_recipe, teacher_key).is_file():
+                raise CheckpointError(f"{checkpoint}: its teacher {teacher_recipe.name} is not in the cache; "
+                                      "cache-add the teacher first")
+        teacher = self.get(teacher_recipe)
+        if metrics.get("teacher_weights_sha256") != teacher.weights:
+            raise CheckpointError(f"{checkpoint}: it was not distilled from the cached {teacher_recipe.name} "
+                                  f"(teacher weights {str(metrics.get('teacher_weights_sha256'))[:12]} vs "
+                                  f"{teacher.weights[:12]})")
+        return teacher
 
     def _load(self, path: Path, recipe: Recipe, key: str, device: torch.device) -> Trained | None:
         """A cache entry, or None when it is unreadable, foreign or its weights no longer match its record."""

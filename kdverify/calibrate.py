@@ -9,12 +9,13 @@ should sit at 90% of its threshold or less.
 
 from __future__ import annotations
 
+import importlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kdverify.claims import Threshold
+from kdverify.claims import Claim, Threshold
 from kdverify.io import atomic_write_bytes
 from kdverify.errors import KdverifyError
 
@@ -46,18 +47,33 @@ def format_stats(claim_id: str, values: Sequence[float], stats: dict[str, Any]) 
     return text
 
 
+def claims_from(reference: str) -> list[Claim]:
+    """`module:NAME` -> the list of Claims it names (the paper's by default, a user's own with --import)."""
+    module_name, _, attribute = reference.partition(":")
+    try:
+        found = getattr(importlib.import_module(module_name), attribute or "CLAIMS")
+    except (ImportError, AttributeError) as exc:
+        raise KdverifyError(f"--claims {reference}: {exc}") from None
+    claims = list(found) if isinstance(found, (list, tuple)) else []
+    if not claims or not all(isinstance(c, Claim) for c in claims):
+        raise KdverifyError(f"--claims {reference}: not a list of kdverify.claims.Claim")
+    return claims
+
+
 def calibrate(seeds: Sequence[int], budget: str = "ci", data_root: str | None = None, cache_dir: str | None = None,
-              out: Path | None = None, claim_ids: Sequence[str] | None = None, force: bool = False) -> dict:
+              out: Path | None = None, claim_ids: Sequence[str] | None = None, force: bool = False,
+              claims: Sequence[Claim] | None = None) -> dict:
     """Measure the claims at each seed offset; print them and their margins, optionally save as JSON."""
     from kdverify.lab import ClaimsLab
-    from kdverify.paper_claims import CLAIMS, CLAIMS_BY_ID
 
+    if claims is None:
+        from kdverify.paper_claims import CLAIMS as claims
     if out is not None and Path(out).exists() and not force:
         raise KdverifyError(f"{out} exists; pass --force to overwrite it")
-    unknown = sorted(set(claim_ids or ()) - set(CLAIMS_BY_ID))
+    unknown = sorted(set(claim_ids or ()) - {c.id for c in claims})
     if unknown:
-        raise KdverifyError(f"unknown claim id(s) {', '.join(unknown)}; see kdverify/paper_claims.py")
-    claims = [c for c in CLAIMS if c.recipes and (not claim_ids or c.id in claim_ids)]
+        raise KdverifyError(f"unknown claim id(s) {', '.join(unknown)}; known: {', '.join(c.id for c in claims)}")
+    claims = [c for c in claims if c.recipes and (not claim_ids or c.id in claim_ids)]
     results: dict[str, dict[str, Any]] = {c.id: {"values": [], "details": [], "verdicts": []} for c in claims}
     thresholds: dict[str, Threshold] = {}
     for seed in seeds:

@@ -217,7 +217,7 @@ def _train_and_save(recipe_name: str, budget: str, out: str, force: bool, data_r
     import dataclasses
 
     from kdverify.cache import result_metrics
-    from kdverify.checkpoint import checkpoint_payload, load_checkpoint
+    from kdverify.checkpoint import checkpoint_payload, load_checkpoint, state_digest
     from kdverify.data import load_dataset
     from kdverify.io import check_writable
     from kdverify.recipes import get_recipe
@@ -248,8 +248,10 @@ def _train_and_save(recipe_name: str, budget: str, out: str, force: bool, data_r
     click.echo(f"training {recipe.name} ({budget} budget, {recipe.epochs} epochs) on {dataset.variant}, {dev}",
                err=True)
     result = fit(recipe, dataset, teacher=teacher)
-    payload = checkpoint_payload(result.model, recipe.arch, result.arch_kwargs, dataset, recipe.to_dict(),
-                                 result_metrics(result, recipe.fingerprint()))
+    metrics = result_metrics(result, recipe.fingerprint())
+    if teacher is not None:
+        metrics["teacher_weights_sha256"] = ckpt.weights_sha256 or state_digest(teacher)  # `cache-add` checks it
+    payload = checkpoint_payload(result.model, recipe.arch, result.arch_kwargs, dataset, recipe.to_dict(), metrics)
     _save_or_rescue(out_path, payload, force, recipe.name)
     ev = result.evaluation
     click.echo(f"wrote {out_path}: {recipe.name}, test errors {ev.errors}/{ev.total} "
@@ -425,16 +427,20 @@ def cache_add_command(checkpoint: str, budget: str, cache: str | None, data_root
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the measurements as JSON.")
 @click.option("--force", is_flag=True, help="Overwrite an existing --out file.")
 @click.option("--claim", "claim_ids", multiple=True, help="Only these claim ids (repeatable).")
+@click.option("--claims", "claims_ref", default="kdverify.paper_claims:CLAIMS", show_default=True,
+              metavar="MODULE:NAME", help="The list of Claim objects to calibrate, e.g. your own (see --import).")
+@recipe_file_option
 @_one_line_errors
 def calibrate_command(seeds: tuple[int, ...], budget: str, data_root: str | None, cache: str | None,
-                      out: str | None, force: bool, claim_ids: tuple[str, ...]) -> None:
+                      out: str | None, force: bool, claim_ids: tuple[str, ...], claims_ref: str) -> None:
     """Measure every claim at several seeds: values, and the worst seed's margin to its fixed threshold."""
-    from kdverify.calibrate import calibrate
+    from kdverify.calibrate import calibrate, claims_from
     from kdverify.io import check_writable
 
     if out:
         check_writable(out, force)  # before the hours of training, not after
-    calibrate(seeds, budget, data_root, cache, Path(out) if out else None, claim_ids or None, force=force)
+    calibrate(seeds, budget, data_root, cache, Path(out) if out else None, claim_ids or None, force=force,
+              claims=claims_from(claims_ref))
 
 
 if __name__ == "__main__":

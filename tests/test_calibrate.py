@@ -1,4 +1,7 @@
-"""`kdverify calibrate`: the per-claim margins it prints, and its --out refusal (no training here)."""
+"""`kdverify calibrate`: the per-claim margins it prints, its --out refusal, and a user's own claims."""
+
+import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -55,3 +58,32 @@ def test_unknown_claim_id_is_refused_before_training(tmp_path):
 def test_thresholds_option_is_gone():
     result = CliRunner().invoke(main, ["calibrate", "--thresholds", "x.json"])
     assert result.exit_code == 2 and "No such option" in result.output
+
+
+def test_calibrate_measures_a_users_own_claims_and_writes_where_told(tmp_path, monkeypatch):
+    """`--claims MODULE:NAME` with `--import`: a user's claims on a user's recipes, written only to --out."""
+    from click.testing import CliRunner
+
+    from kdverify import data, recipes
+    from kdverify.cli import main
+
+    monkeypatch.setattr(recipes, "RECIPES", recipes.RECIPES.copy())
+    monkeypatch.setattr(data, "LOADERS", data.LOADERS.copy())
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    monkeypatch.setenv("KDVERIFY_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "my_claims.py").write_text(
+        "import importlib, tiny_project\nimportlib.reload(tiny_project)\n"
+        "from kdverify.claims import Claim, Threshold\n"
+        "CLAIMS = [Claim('my.hard', 'me', 'learns', 'errors_on_test', {'recipe': 'tiny-hard'}, None, 'errors',"
+        " Threshold('<=', 200, 'mine'))]\n")
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "calibration.json"
+    result = CliRunner().invoke(main, ["--import", "my_claims", "calibrate", "--claims", "my_claims:CLAIMS",
+                                       "--seeds", "0", "--seeds", "1", "--budget", "paper", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "my.hard" in result.output and "worst-seed margin" in result.output
+    measured = json.loads(out.read_text())["claims"]["my.hard"]
+    assert len(measured["values"]) == 2 and measured["threshold"] == "<= 200"
+    result = CliRunner().invoke(main, ["--import", "my_claims", "calibrate", "--claims", "my_claims:NOPE",
+                                       "--seeds", "0"])
+    assert result.exit_code == 1 and "has no attribute 'NOPE'" in result.output

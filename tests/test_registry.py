@@ -1,0 +1,75 @@
+"""Registries: one small API, entry points, and unknown names that say what exists and how to add it."""
+
+from importlib.metadata import EntryPoint
+
+import pytest
+
+from kdverify import data, models, objectives, recipes, registry
+from kdverify.errors import DataError, KdverifyError
+from kdverify.registry import Registry, UnknownName
+
+
+def test_unknown_architecture_objective_dataset_and_recipe_are_one_line_errors_naming_the_fix():
+    cases = [
+        (lambda: models.build_model("resnet_tiny"), "unknown architecture 'resnet_tiny' (known: hinton_mlp, "
+         "blog_cnn, deep_nn, light_nn); register it with kdverify.models.register_model in a module you --import, "
+         "or install the package that provides it"),
+        (lambda: objectives.get_objective("mse"), "unknown objective 'mse' (known: ce, kd, cosine, hint); register "
+         "it with kdverify.objectives.register_objective in a module you --import, or install the package"),
+        (lambda: recipes.get_recipe("my-student"), "unknown recipe 'my-student' (known: hinton-teacher,"),
+        (lambda: data.load_dataset("svhn"), "unknown dataset 'svhn' (known: mnist, cifar10"),
+    ]
+    for call, message in cases:
+        with pytest.raises(KdverifyError) as info:
+            call()
+        text = str(info.value)
+        assert text.startswith(message) and "\n" not in text, text
+    with pytest.raises(DataError):  # an unknown dataset is a data problem the claims report, not a crash
+        data.load_dataset("svhn")
+    with pytest.raises(KeyError):  # and still a KeyError for code that caught that before
+        models.build_model("resnet_tiny")
+
+
+def test_register_refuses_to_replace_silently():
+    reg: Registry[int] = Registry("thing", "kdverify.test-none", "add it")
+    reg.register("a", 1)
+    reg.register("a", 1)  # the same again: a no-op
+    with pytest.raises(ValueError, match="thing 'a' is already registered.*replace=True"):
+        reg.register("a", 2)
+    assert reg.register("a", 2, replace=True) == 2 and reg.lookup("a") == 2
+    with pytest.raises(ValueError, match="non-empty string"):
+        reg.register(" a", 3)
+
+
+def test_entry_points_extend_a_registry_with_no_flags(monkeypatch):
+    """An installed package declares `[project.entry-points."kdverify.models"] tiny = "pkg:Class"`."""
+    points = [EntryPoint("tiny_mlp", "kdverify.models:HintonMLP", "kdverify.models"),
+              EntryPoint("broken", "no_such_module_xyz:Thing", "kdverify.models")]
+    monkeypatch.setattr(registry, "entry_points", lambda group: [p for p in points if p.group == group])
+    reg = Registry("architecture", "kdverify.models", "add it")
+    points.pop()  # the broken one first as its own case, below
+    assert reg.lookup("tiny_mlp") is models.HintonMLP and "tiny_mlp" in reg
+    broken = Registry("architecture", "kdverify.models", "add it")
+    points.append(EntryPoint("broken", "no_such_module_xyz:Thing", "kdverify.models"))
+    with pytest.raises(KdverifyError, match="entry point broken = no_such_module_xyz:Thing \\(kdverify.models\\) "
+                                            "cannot be loaded: ModuleNotFoundError"):
+        broken.lookup("anything")
+
+
+def test_a_recipes_entry_point_may_return_several_recipes(monkeypatch):
+    monkeypatch.setattr(recipes, "RECIPES", recipes.RECIPES.copy())
+    fake = [EntryPoint("pkg", "tiny_project:packaged", "kdverify.recipes")]
+    monkeypatch.setattr(registry, "entry_points", lambda group: [p for p in fake if p.group == group])
+    import sys
+    import types
+
+    module = types.ModuleType("tiny_project")
+    module.packaged = lambda: [recipes.Recipe("ep-a", "mnist", "hinton_mlp", epochs=1, lr=0.1),
+                               recipes.Recipe("ep-b", "mnist", "hinton_mlp", epochs=2, lr=0.1)]
+    monkeypatch.setitem(sys.modules, "tiny_project", module)
+    recipes.RECIPES._entry_points_loaded = False
+    assert recipes.get_recipe("ep-b", "paper").epochs == 2 and recipes.get_recipe("ep-a", "original").epochs == 1
+
+
+def test_unknown_name_is_a_kdverify_error_and_a_key_error():
+    assert issubclass(UnknownName, KdverifyError) and issubclass(UnknownName, KeyError)
