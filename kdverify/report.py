@@ -80,6 +80,26 @@ def budget_note(verdicts: Sequence[Verdict]) -> str:
     return "\n\n".join(notes)
 
 
+def settings_text(settings: Mapping[str, Any], with_machine: bool = False) -> str:
+    """'torch 2.13.0+cpu, cpu avx2 kernels, 2 threads' (+ deterministic, machine, versions, data) or ''."""
+    if not settings:
+        return ""
+    parts = []
+    if "kdverify" in settings:
+        parts.append(f"kdverify {settings['kdverify']} (trainer {settings.get('trainer', '?')})")
+    parts += [f"torch {settings.get('torch', '?')}",
+              f"{settings.get('device_type', '?')} {settings.get('cpu_kernels') or settings.get('gpu') or ''}".strip()
+              + (" kernels" if settings.get("cpu_kernels") else ""),
+              f"{settings.get('threads', '?')} threads"]
+    if settings.get("deterministic"):
+        parts.append("deterministic")
+    if with_machine and settings.get("machine"):
+        parts.append(str(settings["machine"]))
+    if settings.get("data_variant"):
+        parts.append(f"data {settings['data_variant']} ({settings.get('data_checksum', '')})")
+    return ", ".join(parts)
+
+
 def _cell(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
@@ -99,13 +119,16 @@ def markdown(verdicts: Sequence[Verdict], pictures: Sequence[str], models: Seque
            "| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     out += ["| " + " | ".join(_cell(c) for c in (*r, _detail(v), v.provenance or "-")) + " |"
             for r, v in zip(rows(verdicts), verdicts)]
-    out += ["", "## Models", "", "| recipe | seed | source | weights sha256 | train seconds | machine | test errors |",
-            "|" + " --- |" * 7]
+    environments = sorted({settings_text(v.environment, with_machine=True) for v in verdicts if v.environment})
+    if environments:
+        out += ["", "Measured with: " + "; ".join(environments)]
+    out += ["", "## Models", "", "| recipe | seed | source | weights sha256 | train seconds | machine | trained with |"
+            " test errors |", "|" + " --- |" * 8]
     for m in _sorted_models(models):
         ev = m.evaluation
         out.append("| " + " | ".join(_cell(c) for c in (
             m.recipe.name, m.recipe.seed, m.source, m.weights[:12] or "-", f"{m.seconds:.0f}", m.machine or "-",
-            f"{ev.errors}/{ev.total} ({100 * ev.error_rate:.2f}%)")) + " |")
+            settings_text(m.settings) or "-", f"{ev.errors}/{ev.total} ({100 * ev.error_rate:.2f}%)")) + " |")
     declared = [v for v in verdicts if v.claim.xfail]
     if declared:
         out += ["", "## Declared unreproducible (xfail)", "",
@@ -215,6 +238,7 @@ def report_json(verdicts: Sequence[Verdict], models: Sequence[Trained]) -> dict[
             "claims": [v.to_dict() for v in verdicts],
             "models": [{"recipe": m.recipe.name, "seed": m.recipe.seed, "key": m.key, "source": m.source,
                         "weights": m.weights, "train_seconds": round(m.seconds, 1), "machine": m.machine,
+                        "settings": dict(m.settings),
                         "test_errors": m.evaluation.errors, "test_total": m.evaluation.total,
                         "curve": [h.test_errors for h in m.history]} for m in _sorted_models(models)]}
 

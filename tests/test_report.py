@@ -35,7 +35,8 @@ def _trained(recipe="hinton-student-kd", errors=7, history=((1, 20), (2, 7)), so
     confusion[3, 5] = errors  # 10000 test images, `errors` of them wrong
     return Trained(get_recipe(recipe, "ci"), "k", Evaluation(confusion),
                    [EpochRecord(e, 0.5, n, 1.0) for e, n in history], 321.0, source, "ab12cd34ef56" + "0" * 52,
-                   "cpu: 2 cores", {"torch": "2.13.0+cpu", "threads": 2}, model=HintonMLP(16))
+                   "cpu: 2 cores", {"torch": "2.13.0+cpu", "device_type": "cpu", "cpu_kernels": "AVX2", "threads": 2},
+                   model=HintonMLP(16))
 
 
 def _mixed():
@@ -117,7 +118,8 @@ def test_report_files_list_models_provenance_and_xfail_reasons(tmp_path):
     md = (tmp_path / "report.md").read_text()
     assert "| detail | provenance |" in md and "hinton-student-kd s0: trained now (ab12, 9 s)" in md
     assert "same model as `my.kd`" in md
-    assert "## Models" in md and "| hinton-teacher | 0 | pinned | ab12cd34ef56 | 321 | cpu: 2 cores | 5/10000" in md
+    assert "## Models" in md and ("| hinton-teacher | 0 | pinned | ab12cd34ef56 | 321 | cpu: 2 cores | "
+                                  "torch 2.13.0+cpu, cpu AVX2 kernels, 2 threads | 5/10000") in md
     assert "ab12cd34ef560" not in md  # weights shown as a 12-character prefix
     assert "the shift was tuned differently" in md and "`my.surprise` (XPASS" in md
     assert "hinton-student-kd (seed 0): 7 errors" in md
