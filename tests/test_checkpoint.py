@@ -47,7 +47,8 @@ class _RunsCode:
 @pytest.mark.parametrize("content,match", [
     (b"", "is empty"),
     (os.urandom(512), "not a readable checkpoint"),
-    (pickle.dumps({"format": "kdverify-checkpoint", "x": _RunsCode()}), "not a readable checkpoint"),
+    (pickle.dumps({"format": "kdverify-checkpoint", "x": _RunsCode()}), "pickled code or classes, refused"),
+    (b"# README\nnot a model\n", "not a readable checkpoint: not a PyTorch checkpoint file"),  # a text file
 ])
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")  # the hostile pickle, on purpose
 def test_bad_files_fail_cleanly(tmp_path, content, match, monkeypatch):
