@@ -47,14 +47,18 @@ class _RunsCode:
 @pytest.mark.parametrize("content,match", [
     (b"", "is empty"),
     (os.urandom(512), "not a readable checkpoint"),
-    (pickle.dumps({"format": "kdverify-checkpoint", "x": _RunsCode()}), "pickled code or classes, refused"),
+    (pickle.dumps({"format": "kdverify-checkpoint", "x": _RunsCode()}), "not a readable checkpoint"),
+    ("torch.save", "it contains pickled code or classes, refused under weights_only=True"),
     (b"# README\nnot a model\n", "not a readable checkpoint: not a PyTorch checkpoint file"),  # a text file
 ])
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")  # the hostile pickle, on purpose
 def test_bad_files_fail_cleanly(tmp_path, content, match, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "bad.pt"
-    path.write_bytes(content)
+    if content == "torch.save":  # a real torch file whose pickle names a function to call
+        torch.save({"format": "kdverify-checkpoint", "x": _RunsCode()}, path)
+    else:
+        path.write_bytes(content)
     with pytest.raises(CheckpointError, match=match):
         load_checkpoint(path)
     assert not (tmp_path / "PWNED").exists()
