@@ -5,19 +5,24 @@ Options (each also an environment variable):
   --bench-train-threads N  / KDVERIFY_BENCH_TRAIN_THREADS  torch threads for the training benchmark (default:
                                                            torch's own default, i.e. all cores)
   --bench-rounds-scale F   / KDVERIFY_BENCH_ROUNDS_SCALE   multiply rounds and time budgets (0.1 = quick check)
-Trained checkpoints are looked for in --kd-cache (the kdverify plugin's option), else
-$KDVERIFY_CACHE/models, else ~/.cache/kdverify/models.
+  --bench-teacher PATH     / KDVERIFY_BENCH_TEACHER        time this teacher checkpoint against --bench-student
+  --bench-student PATH     / KDVERIFY_BENCH_STUDENT        instead of the built-in pairs (both or neither)
+The built-in pairs' checkpoints are looked for in --kd-cache (the kdverify plugin's option), else
+$KDVERIFY_CACHE/models, else ~/.cache/kdverify/models, then among kdverify's pinned teachers.
 """
 
 from __future__ import annotations
 
 import pytest
 
+from benchmarks import _pairs as P
+from benchmarks import _summary
 from benchmarks import _support as S
+from benchmarks._zoo import Zoo
 
 RESULTS_KEY = pytest.StashKey[list]()
 SETTINGS_KEY = pytest.StashKey[S.Settings]()
-ZOO_KEY = pytest.StashKey[S.Zoo]()
+ZOO_KEY = pytest.StashKey[Zoo]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -30,12 +35,24 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--bench-rounds-scale", type=float, default=None, metavar="F",
                     help=f"scale rounds and time budgets, e.g. 0.1 for a quick check "
                          f"(default ${S.ENV_ROUNDS_SCALE} or 1)")
+    group.addoption("--bench-teacher", default=None, metavar="PATH",
+                    help=f"teacher checkpoint to time against --bench-student instead of the built-in pairs "
+                         f"(default ${P.ENV_TEACHER})")
+    group.addoption("--bench-student", default=None, metavar="PATH",
+                    help=f"student checkpoint to time against --bench-teacher (default ${P.ENV_STUDENT})")
 
 
 def _settings(config: pytest.Config) -> S.Settings:
     if SETTINGS_KEY not in config.stash:
         config.stash[SETTINGS_KEY] = S.settings_from(config)
     return config.stash[SETTINGS_KEY]
+
+
+@pytest.hookimpl(trylast=True)  # after the kdverify plugin has imported --kd-import modules (their architectures)
+def pytest_configure(config: pytest.Config) -> None:
+    """Read the pair checkpoints now, so a wrong path or a mismatched pair is one usage-error line."""
+    if not config.getoption("help"):
+        config.stash[P.PAIRS_KEY] = P.pairs_from(config, _settings(config).cache_dir)
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -62,9 +79,9 @@ def bench_results(pytestconfig: pytest.Config) -> list[dict]:
 
 
 @pytest.fixture(scope="session")
-def zoo(pytestconfig: pytest.Config, bench_settings: S.Settings, tmp_path_factory: pytest.TempPathFactory) -> S.Zoo:
+def zoo(pytestconfig: pytest.Config, bench_settings: S.Settings, tmp_path_factory: pytest.TempPathFactory) -> Zoo:
     """Models (trained checkpoints or fresh weights) and their ONNX files, exported once per session."""
-    zoo = S.Zoo(bench_settings, tmp_path_factory.mktemp("onnx"))
+    zoo = Zoo(bench_settings, tmp_path_factory.mktemp("onnx"), pytestconfig.stash[P.PAIRS_KEY])
     pytestconfig.stash[ZOO_KEY] = zoo
     return zoo
 
@@ -86,7 +103,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int):  # noqa: ANN
     # Runs before pytest-benchmark's own sessionfinish saves JSON, so speedups and ratios are saved too.
     results = session.config.stash.get(RESULTS_KEY, None)
     if results:
-        S.derive(results)
+        _summary.derive(results)
     return (yield)
 
 
@@ -96,5 +113,5 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     if not results or not any("p50_ms" in r or "samples_per_s" in r for r in results):
         return
     terminalreporter.section("kdverify benchmarks summary")
-    for line in S.summary_lines(results, _settings(config), config.stash.get(ZOO_KEY, None)):
+    for line in _summary.summary_lines(results, _settings(config), config.stash.get(ZOO_KEY, None)):
         terminalreporter.write_line(line)

@@ -221,9 +221,11 @@ def test_train_step(benchmark, synthetic_mnist: Dataset, bench_settings: S.Setti
                 shutdown()
             del state["it"]
 
-    flops = forward_flops(build_model(recipe.arch, **recipe.arch_kwargs), (1, 28, 28))
+    shape = synthetic_mnist.input_shape
+    flops = forward_flops(build_model(recipe.arch, **recipe.arch_kwargs), shape)
     info.update(kind="train", loop=loop, description=description, batch=recipe.batch_size, steps=steps,
-                warmup_steps=warmup, threads=threads, flops_per_sample=flops, data=f"{N_TRAIN}x28x28",
+                warmup_steps=warmup, threads=threads, flops_per_sample=flops,
+                data=f"{len(synthetic_mnist.train)}x{'x'.join(map(str, shape[1:]))}",
                 model="Hinton teacher MLP 784-1200-1200-10 (dropout 0.2/0.5)",
                 optimizer=f"SGD lr {recipe.lr} momentum {recipe.momentum}",
                 workers=0 if loop.startswith("kdverify") else SEED_WORKERS,

@@ -122,3 +122,25 @@ def test_one_option_from_the_environment_still_needs_the_other(pytester: pytest.
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: $KDVERIFY_BENCH_STUDENT needs --bench-teacher (or $KDVERIFY_BENCH_TEACHER) "
                                  "too*"])
+
+
+def test_without_options_the_built_in_pairs_run(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    for env in ("KDVERIFY_BENCH_TEACHER", "KDVERIFY_BENCH_STUDENT"):
+        monkeypatch.delenv(env, raising=False)
+    result = run(pytester, "--collect-only", "-q")
+    result.stdout.fnmatch_lines(["*[[]mnist-mlp-teacher-torch-eager-b1]", "*[[]cifar-cnn-student-ort-int8-b256]",
+                                 "24 tests collected*"])
+
+
+def test_built_in_pair_without_a_cache_uses_the_pinned_teacher_to_describe_the_student(tmp_path: Path) -> None:
+    from benchmarks._pairs import load_built_in
+    from kdverify.pinned import read_manifest
+
+    pinned = read_manifest()["hinton-teacher"]
+    teacher, student = load_built_in("mnist-mlp", tmp_path / "empty-cache")
+    assert teacher.trained and f"kdverify/teachers/{pinned['file']}" in teacher.weights
+    assert (teacher.test_errors, teacher.test_total) == (pinned["test_errors"], pinned["test_total"])
+    assert teacher.dataset == "mnist"
+    assert not student.trained and student.weights.startswith("fresh init, seed 0 (no hinton-student-kd-seed*")
+    assert (student.input_shape, student.num_classes, student.mean) == ((1, 28, 28), 10, teacher.mean)
+    assert student.label == "hinton-student-kd" and student.params == 1_276_810
