@@ -170,7 +170,8 @@ def recipes_command(budget: str) -> None:
         r = get_recipe(name, budget)
         distils = r.objective != "ce"
         note = r.note
-        if recipe_kind(budget) != "original" and note and note == RECIPES[name]["original"].note:
+        original = RECIPES[name]["original"]
+        if recipe_kind(budget) != "original" and note and note == original.note and r != original:
             note = f"original recipe: {note}"  # a fast recipe without its own note: the note is not what runs
         rows.append(((r.name, r.dataset, r.arch, r.objective, str(r.epochs), str(r.batch_size), _optimizer_text(r),
                       f"{r.lr:g}", r.schedule, f"{r.temperature:g}" if r.objective == "kd" else "-",

@@ -178,3 +178,16 @@ def test_checkpoints_get_ordinary_permissions_like_exports(tiny_mnist, tmp_path)
     finally:
         os.umask(old)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_state_digest_covers_zero_dim_buffers_and_keeps_old_digests():
+    """BatchNorm's num_batches_tracked is a 0-dim int64: it must hash (a user's model has one)."""
+    bn = torch.nn.BatchNorm2d(4)
+    first = state_digest(bn)
+    bn.num_batches_tracked += 1
+    assert state_digest(bn) != first
+    # the pinned MNIST teacher's digest, computed before 0-dim tensors were handled, is unchanged
+    from kdverify.pinned import TEACHERS_DIR, read_manifest
+
+    teacher = load_checkpoint(TEACHERS_DIR / "hinton-teacher.pt")
+    assert state_digest(teacher.model) == read_manifest()["hinton-teacher"]["weights_sha256"]
