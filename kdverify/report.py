@@ -67,8 +67,12 @@ def budget_note(verdicts: Sequence[Verdict]) -> str:
         return ""
     notes = [("Thresholds are the published numbers with the stated tolerance (column `rule`), fixed before "
               "measuring and the same in every budget; budgets differ only in how the models are obtained.")]
+    pinned = any(": pinned (" in v.provenance for v in verdicts)
     for budget in sorted({v.budget for v in verdicts}):
-        notes.append(BUDGET_NOTES.get(budget, f"Budget `{budget}`."))
+        if budget == "ci" and not pinned:  # a user's own claims: no pinned teacher behind any of them
+            notes.append("Budget `ci`: every model was trained now or taken from the cache (no pinned teacher).")
+        else:
+            notes.append(BUDGET_NOTES.get(budget, f"Budget `{budget}`."))
     standin = sorted({v.data_variant for v in verdicts if v.data_variant in STANDIN_VARIANTS})
     if standin:
         from kdverify.paper_claims import CIFAR_STANDIN_TOLERANCE_PTS, CIFAR_TOLERANCE_PTS
