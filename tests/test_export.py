@@ -8,7 +8,6 @@ import copy
 import dataclasses
 import json
 import os
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -264,7 +263,7 @@ def _bad_checkpoint(kind, folder, dataset):
         path.write_bytes(np.random.default_rng(0).bytes(4096))
         return path, "not a readable checkpoint"
     if kind == "pickle-runs-code":
-        path.write_bytes(pickle.dumps({"format": "kdverify-checkpoint", "x": _RunsCode()}))
+        torch.save({"format": "kdverify-checkpoint", "x": _RunsCode()}, path)  # a torch file naming a function
         return path, "refused under weights_only"
     if kind == "unknown-arch":
         return _checkpoint(path, "hinton_mlp", dataset, arch="resnet9000"), "unknown architecture 'resnet9000'"
