@@ -222,9 +222,11 @@ def _train_and_save(recipe_name: str, budget: str, out: str, force: bool, data_r
     from kdverify.data import load_dataset
     from kdverify.io import check_writable
     from kdverify.recipes import get_recipe
+    from kdverify.cpu_memory import keep_freed_memory
     from kdverify.train import fit
 
     _set_deterministic(deterministic)
+    keep_freed_memory()  # this process is kdverify's own: reuse freed heap pages (see kdverify.cpu_memory)
     dev = resolve_device(device)
     recipe = get_recipe(recipe_name, budget)
     if seed is not None:

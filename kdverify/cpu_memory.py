@@ -7,6 +7,10 @@ kernel had to fault in and zero: ~1.5 ms of a 15 ms Hinton-teacher step on 2 cor
 with `ru_minflt`). Raising both thresholds keeps those pages mapped and reused. PyTorch's CPU
 tuning guides get the same effect by preloading jemalloc or tcmalloc; this needs no preload.
 The cost: a process keeps up to `TRIM_THRESHOLD` of freed memory resident. A no-op off glibc.
+
+Opt-in and explicit: kdverify's own processes (the `kdverify` CLI's train/distill, the claims
+plugin's session) call it; the library (`fit`, `TrainingRun`) never changes the allocator of a
+process that imported it.
 """
 
 from __future__ import annotations

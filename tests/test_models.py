@@ -45,8 +45,27 @@ def test_regressor_maps_student_onto_teacher_channels():
     assert HintRegressor()(torch.randn(2, 16, 8, 8)).shape == (2, 32, 8, 8)
 
 
+def test_regressor_is_built_from_the_two_feature_map_shapes():
+    """Any pair: other channel counts, other spatial sizes (pooled to the teacher's), flat maps (a linear layer)."""
+    assert HintRegressor.for_shapes((24, 8, 8), (48, 4, 4))(torch.randn(2, 24, 8, 8)).shape == (2, 48, 4, 4)
+    assert HintRegressor.for_shapes((16, 8, 8), (32, 8, 8))(torch.randn(2, 16, 8, 8)).shape == (2, 32, 8, 8)
+    assert HintRegressor.for_shapes((800,), (1200,))(torch.randn(2, 800)).shape == (2, 1200)
+    with pytest.raises(ValueError, match="both must be \\(C, H, W\\) or both flat"):
+        HintRegressor.for_shapes((800,), (32, 8, 8))
+
+
+def test_builtin_models_take_their_shape_from_the_data():
+    from kdverify.models import shape_kwargs
+
+    for arch in ("blog_cnn", "deep_nn", "light_nn"):
+        model = build_model(arch, **shape_kwargs(arch, (1, 20, 24), 7))  # grey 20x24 images, 7 classes
+        assert model(torch.zeros(2, 1, 20, 24)).shape == (2, 7)
+    mlp = build_model("hinton_mlp", **shape_kwargs("hinton_mlp", (3, 8, 8), 4))
+    assert mlp(torch.zeros(2, 3, 8, 8)).shape == (2, 4)
+
+
 def test_build_model_and_unknown_arch():
-    assert set(ARCHITECTURES) == {"hinton_mlp", "blog_cnn", "deep_nn", "light_nn"}
+    assert {"hinton_mlp", "blog_cnn", "deep_nn", "light_nn"} <= set(ARCHITECTURES)  # installed plugins may add more
     assert isinstance(build_model("hinton_mlp", hidden=30), HintonMLP)
     with pytest.raises(KeyError, match="unknown architecture"):
         build_model("resnet")
