@@ -10,7 +10,7 @@ adapter (e.g. the FitNets regressor) from the student's and teacher's tap shapes
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -20,10 +20,9 @@ from kdverify.losses import cosine_loss, hint_loss, kd_loss
 from kdverify.models import HintRegressor, TappedModel
 from kdverify.registry import Registry
 
-if TYPE_CHECKING:
-    from kdverify.recipes import Recipe
+Recipe = Any  # a kdverify.recipes.Recipe (its temperature and soft_weight); not imported: recipes validate against us
 
-LossFn = Callable[["Recipe", TappedModel, torch.Tensor, torch.Tensor, "torch.Tensor | None", "nn.Module | None"],
+LossFn = Callable[[Recipe, TappedModel, torch.Tensor, torch.Tensor, "torch.Tensor | None", "nn.Module | None"],
                   torch.Tensor]
 TAPS = ("logits", "hidden", "feature_map")
 
@@ -61,7 +60,7 @@ def get_objective(name: str) -> Objective:
     return OBJECTIVES.lookup(name)
 
 
-def _mixed(recipe: "Recipe", distill: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def _mixed(recipe: Recipe, distill: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """soft_weight * distillation term + (1 - soft_weight) * hard-label cross-entropy."""
     return recipe.soft_weight * distill + (1 - recipe.soft_weight) * F.cross_entropy(logits, labels)
 
