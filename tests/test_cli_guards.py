@@ -280,10 +280,13 @@ def test_deterministic_help(command):
 # ---------------------------------------------------------------- 8. SIGTERM and Ctrl-C
 
 _SLOW_TRAIN = textwrap.dedent("""
-    import sys, time
+    import signal, sys, time
     from pathlib import Path
     import kdverify.data
     from kdverify.io import temp_beside
+
+    # what a terminal gives: a background parent (CI, nohup) hands its children SIGINT ignored
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def slow_load(name, root=None, device="cpu"):
         with temp_beside(Path(sys.argv[1])):
