@@ -20,7 +20,7 @@ import torch
 import kdverify
 from kdverify.data import Dataset
 from kdverify.io import atomic_write_bytes
-from kdverify.errors import CheckpointError
+from kdverify.errors import CheckpointError, first_line
 from kdverify.models import ARCHITECTURES, TappedModel, build_model
 
 FORMAT = "kdverify-checkpoint"
@@ -179,7 +179,7 @@ def _rebuild(path: Path, arch: Any, payload: dict, state: dict[str, torch.Tensor
         with torch.device("meta"):
             skeleton = build_model(arch, **kwargs)
     except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
-        raise CheckpointError(f"{path}: bad constructor arguments for {arch} {kwargs}: {_first_line(exc)}") from None
+        raise CheckpointError(f"{path}: bad constructor arguments for {arch} {kwargs}: {first_line(exc)}") from None
     expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
     found = {k: tuple(v.shape) for k, v in state.items()}
     if expected != found:
@@ -194,14 +194,10 @@ def _rebuild(path: Path, arch: Any, payload: dict, state: dict[str, torch.Tensor
     except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
         raise CheckpointError(f"{path}: {arch} does not accept its recorded input shape "
                               f"{list(input_shape) if isinstance(input_shape, (list, tuple)) else input_shape!r}: "
-                              f"{_first_line(exc)}") from None
+                              f"{first_line(exc)}") from None
     if classes and logits.shape[-1] != len(classes):
         raise CheckpointError(f"{path}: {arch} has {logits.shape[-1]} outputs but {len(classes)} classes are recorded")
     model = build_model(arch, **kwargs)
     model.load_state_dict(state)
     return model
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:200]

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from kdverify.errors import DataCorrupt, DataError, DataMissing
 from kdverify.io import atomic_write_bytes, describe_os_error
 from kdverify.locks import exclusive
-from kdverify.registry import Registry, UnknownName
+from kdverify.registry import Registry, UnknownName, describe
 
 # md5 of the *uncompressed* IDX bytes: the .gz wrapper may differ between mirrors.
 MNIST_MD5 = {
@@ -473,10 +473,6 @@ LOADERS: Registry[Loader] = Registry(  # name -> loader(root); fill it with regi
     "dataset", "kdverify.datasets", "register it with kdverify.data.register_dataset or --import a module that does")
 
 
-def _describe(loader: Callable) -> str:
-    return f"{getattr(loader, '__module__', '?')}.{getattr(loader, '__qualname__', repr(loader))}"
-
-
 def register_dataset(name: str, loader: Loader, replace: bool = False) -> Loader:
     """Make `load_dataset(name)` (so every recipe naming `name`) call `loader(root) -> Dataset`.
 
@@ -501,7 +497,7 @@ def load_dataset(name: str, root: str | os.PathLike | None = None,
         raise DataError(str(exc)) from None
     dataset = loader(root)
     if not isinstance(dataset, Dataset):
-        raise DataError(f"the loader of dataset {name!r} ({_describe(loader)}) returned {type(dataset).__name__}, "
+        raise DataError(f"the loader of dataset {name!r} ({describe(loader)}) returned {type(dataset).__name__}, "
                         "not a kdverify.data.Dataset (Dataset.from_tensors builds one)")
     return dataset.to(device)
 

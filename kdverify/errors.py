@@ -1,6 +1,12 @@
 """One exception type for every user-facing failure, so the CLI can print one line and exit non-zero."""
 
 
+def first_line(exc: BaseException) -> str:
+    """One short line of a third-party exception (exporters, quantisers and torch raise pages)."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
+
+
 class KdverifyError(Exception):
     """A problem the user can fix (bad path, missing data, wrong checkpoint): shown as one line, no traceback."""
 

@@ -41,7 +41,7 @@ class Registry(dict, Generic[T]):
             raise ValueError(f"a {self.kind} name must be a non-empty string without surrounding spaces, got {name!r}")
         old = dict.get(self, name)
         if old is not None and old is not obj and old != obj and not replace:
-            raise ValueError(f"{self.kind} {name!r} is already registered ({_describe(old)}); "
+            raise ValueError(f"{self.kind} {name!r} is already registered ({describe(old)}); "
                              "pass replace=True to replace it")
         self[name] = obj
         return obj
@@ -95,5 +95,5 @@ class Registry(dict, Generic[T]):
                 self.register(ep.name, obj)
 
 
-def _describe(obj: Any) -> str:
+def describe(obj: Any) -> str:
     return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', getattr(obj, 'name', repr(obj)))}"

@@ -22,7 +22,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from kdverify.errors import KdverifyError
+from kdverify.errors import KdverifyError, first_line
 
 VALIDATION_BATCHES = (1, 7, 256)  # a dynamic-batch graph is checked at each of these sizes
 VALIDATION_IMAGES = sum(VALIDATION_BATCHES)  # a fixed-batch graph is checked on as many images, one at a time
@@ -42,12 +42,6 @@ OPTIMIZATION_LEVELS = {
 
 class ExportError(KdverifyError):
     """An export that cannot be written or fails validation."""
-
-
-def first_line(exc: BaseException) -> str:
-    """One short line of a third-party exception (exporters and quantisers raise pages)."""
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
 
 
 @contextlib.contextmanager
