@@ -7,13 +7,18 @@ claims live in `kdverify.paper_claims`; importing this module does not load them
 
 Verdicts: PASS / FAIL; XFAIL (a claim declared unreproducible, with its measured value and the
 reason, that failed as declared) and XPASS (it passed: strict, so it counts as a failure until
-the declaration is removed); REPORT (measured and shown, never gated: e.g. tuned on the test set).
+the declaration is removed); REPORT (measured and shown, never gated: e.g. tuned on the test set);
+ERROR (it could not be measured: data, or an exception); with `--kd-seeds N`, INCONCLUSIVE (the mean
+passes but its 95 % confidence bound does not: `kdverify.sampling`).
+
+Every value is the final-epoch model's (never the best epoch on the test set); `METRIC_DEFINITIONS`
+says per metric which split and which seeds.
 """
 
 from __future__ import annotations
 
 import operator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Protocol
 
 import torch
@@ -21,6 +26,7 @@ import torch
 from kdverify.cache import Trained
 from kdverify.data import Dataset
 from kdverify.models import build_model, count_parameters
+from kdverify.sampling import Sample, statistical_verdict
 from kdverify.train import Evaluation, predict_logits, search_bias_shift, shift_logits, transfer_split
 
 OPS: dict[str, Callable[[float, float], bool]] = {"<=": operator.le, ">=": operator.ge, "==": operator.eq,
@@ -94,6 +100,7 @@ class Claim:
     gated: bool = True  # False: REPORT only (e.g. a shift tuned on the test set)
     xfail: str = ""  # declared unreproducible: the measured value and why (strict: a pass is XPASS, a failure)
     same_model_as: str = ""  # re-measures the model of another claim: not counted as an extra pass
+    note: str = ""  # why the claim is designed (or gated) the way it is, with the numbers that decided it
 
     def __post_init__(self) -> None:
         if not isinstance(self.threshold, Threshold):
@@ -104,6 +111,17 @@ class Claim:
     @property
     def recipes(self) -> list[str]:
         return [v for k, v in self.args.items() if k in ("recipe", "baseline", "better", "numerator", "denominator")]
+
+    @property
+    def seeds_averaged(self) -> int:
+        """How many student seeds the claim's own value averages (the tutorial's mean-of-3 claims: 3)."""
+        return int(self.args.get("seeds", 1))
+
+    def one_seed(self) -> "Claim":
+        """The same claim measured at one seed: the unit a sample over seeds is made of."""
+        if "seeds" not in self.args:
+            return self
+        return replace(self, args={**self.args, "seeds": 1})
 
 
 # ---------------------------------------------------------------- metrics
@@ -216,6 +234,20 @@ def accuracy_gap(lab: Lab, better: str, baseline: str, seeds: int = 3) -> Measur
     return Measurement(round(top - mean, 3), f"{top:.2f} - mean({', '.join(f'{b:.2f}' for b in base)})")
 
 
+METRIC_DEFINITIONS: dict[str, str] = {  # what each metric's number is, for reports: split, epoch, seeds
+    "errors_on_test": "test errors of the final-epoch model (all test images, or one class's)",
+    "accuracy_pct": "test accuracy % of the final-epoch model",
+    "parameter_count": "trainable parameters of the architecture (no training)",
+    "shifted_errors": "test errors of the final-epoch model after adding a shift to some classes' logits (fixed, "
+                      "or searched on held-out training images / on the test set as named)",
+    "shift_error_ratio": "test errors after the bias shift / before it, final-epoch model",
+    "shift_errors_removed": "test errors before the bias shift minus after it, final-epoch model",
+    "omitted_class_recovery": "share of the omitted classes' test errors the bias shift removes, final-epoch model",
+    "error_ratio": "test errors of one final-epoch model / another's, at the same seed",
+    "mean_accuracy_gain": "mean over student seeds of the paired test-accuracy gain (same init seed, teacher fixed)",
+    "accuracy_gap": "teacher test accuracy minus the mean test accuracy of the student over seeds",
+}
+
 METRICS: dict[str, Callable[..., Measurement]] = {
     "errors_on_test": errors_on_test,
     "accuracy_pct": accuracy_pct,
@@ -236,7 +268,9 @@ def measure(claim: Claim, lab: Lab) -> Measurement:
 
 # ---------------------------------------------------------------- verdicts
 
-FAILING = ("FAIL", "XPASS", "ERROR")  # ERROR: it could not be measured although it should (e.g. corrupt data)
+FAILING = ("FAIL", "XPASS", "ERROR")  # ERROR: not measured although it should have been
+# INCONCLUSIVE (--kd-seeds N: the mean passes, its confidence bound does not) fails the gate unless the run says
+# `--kd-inconclusive pass`; reports count it on its own.
 
 
 @dataclass
@@ -252,6 +286,13 @@ class Verdict:
     data_variant: str = ""
     provenance: str = ""  # how the models behind it were obtained (pinned teacher + sha256, trained, cache)
     environment: dict[str, Any] = field(default_factory=dict)  # versions, device, threads, data checksum
+    n: int = 1  # how many seeds the verdict rests on (--kd-seeds)
+    seeds: list[int] = field(default_factory=list)  # the seed offsets measured (added to each recipe's seed)
+    values: list[float] = field(default_factory=list)  # the claim's value at each of those seeds (n > 1)
+    mean: float | None = None
+    bound: float | None = None  # one-sided 95 % confidence bound on the mean, on the threshold's bad side
+    reference: dict[str, Any] | None = None  # the committed reference sample (kdverify.references), if any
+    outside_reference: bool = False  # the measured value lies outside the reference sample's min..max
 
     @property
     def failed(self) -> bool:
@@ -275,13 +316,20 @@ class Verdict:
                 "gated": self.claim.gated, "xfail": self.claim.xfail, "same_model_as": self.claim.same_model_as,
                 "detail": self.detail, "seconds": round(self.seconds, 1), "device": self.device,
                 "data_variant": self.data_variant, "budget": self.budget, "provenance": self.provenance,
-                "environment": self.environment}
+                "environment": self.environment, "metric": self.claim.metric,
+                "definition": METRIC_DEFINITIONS.get(self.claim.metric, ""), "n": self.n, "seeds": self.seeds,
+                "values": self.values, "mean": self.mean, "bound": self.bound, "reference": self.reference,
+                "outside_reference": self.outside_reference}
 
 
-def judge(claim: Claim, measured: Measurement, data_variant: str = "") -> tuple[str, Threshold]:
-    """The verdict and the threshold that applied (the same in every budget)."""
+def judge(claim: Claim, measured: Measurement, data_variant: str = "",
+          sample: "Sample | None" = None) -> tuple[str, Threshold]:
+    """The verdict and the threshold that applied (the same in every budget). With a sample over seeds
+    (`--kd-seeds N`), a gated claim passes only when the 95 % confidence bound on its mean does."""
     threshold = claim.threshold.for_data(data_variant)
     passed = threshold.passes(measured.value)
+    if sample is not None and sample.n > 1 and claim.gated and not claim.xfail:
+        return statistical_verdict(sample, threshold.passes), threshold
     if not claim.gated:
         return "REPORT", threshold
     if claim.xfail:

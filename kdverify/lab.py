@@ -17,11 +17,13 @@ import torch
 import kdverify
 from kdverify.cache import ModelCache, ModelRecord, Trained
 from kdverify.checkpoint import machine_description
-from kdverify.claims import Claim, Verdict, judge, measure
+from kdverify.claims import Claim, Measurement, Verdict, judge, measure
 from kdverify.data import Dataset, default_cache_dir, load_dataset
 from kdverify.determinism import numeric_settings, set_deterministic
 from kdverify.errors import DataError
-from kdverify.recipes import get_recipe
+from kdverify.recipes import RECIPES, get_recipe
+from kdverify.references import Reference, load_references
+from kdverify.sampling import Sample
 from kdverify.train import TRAINER_VERSION, ProgressFn, print_progress
 
 
@@ -32,6 +34,17 @@ def resolve_lab_device(device: str = "auto", worker: int = 0) -> torch.device:
     if device == "cuda" and torch.cuda.device_count() > 1:
         device = f"cuda:{worker % torch.cuda.device_count()}"
     return torch.device(device)
+
+
+def is_teacher(name: str) -> bool:
+    """A recipe some registered recipe distils from: fixed across the seeds of a sample."""
+    return any(pair["fast"].teacher == name or pair["original"].teacher == name for pair in RECIPES.values())
+
+
+def _builtin(claim_id: str) -> Claim | None:
+    from kdverify.paper_claims import CLAIMS_BY_ID
+
+    return CLAIMS_BY_ID.get(claim_id)
 
 
 def claim_group(claim: Claim, budget: str = "paper") -> str | None:
@@ -61,6 +74,8 @@ class ClaimsLab:
         self.cache = ModelCache(self.cache_dir, self._datasets, budget, progress, teacher_seed_offset=seed_offset,
                                 say=say)
         self.verdicts: list[Verdict] = []
+        self.references: dict[str, Reference] | None = None  # loaded on first use (kdverify.references)
+        self._sample_offset = 0  # the seed offset of the sample being measured (--kd-seeds): students only
         self._touched: dict[str, Trained] = {}  # models the claim being checked asked for
         self.last_models: list[ModelRecord] = []  # the models behind the last verdict (reports, xdist)
 
@@ -80,7 +95,8 @@ class ClaimsLab:
         """The trained model of a recipe at this budget (seed: override, before the lab's offset)."""
         base = get_recipe(recipe, self.budget)
         self.dataset(base.dataset)
-        model = self.cache.get(base.with_seed((base.seed if seed is None else seed) + self.seed_offset))
+        offset = self.seed_offset + (0 if is_teacher(recipe) else self._sample_offset)  # teachers stay fixed
+        model = self.cache.get(base.with_seed((base.seed if seed is None else seed) + offset))
         teacher = self.cache.get(self.cache.teacher_of(model.recipe)) if base.teacher else None
         for m in (teacher, model):
             if m is not None:
@@ -95,21 +111,68 @@ class ClaimsLab:
             env.update(data_variant=dataset.variant, data_checksum=dataset.checksum)
         return env
 
-    def check(self, claim: Claim) -> Verdict:
-        """Measure a claim, judge it at this budget, and record the verdict."""
+    def measure_at(self, claim: Claim, offset: int) -> Measurement:
+        """The claim's value with every student (not teacher) `offset` seeds further: one point of a sample."""
+        self._sample_offset = offset
+        try:
+            return measure(claim, self)
+        finally:
+            self._sample_offset = 0
+
+    def sampled(self, claim: Claim) -> bool:
+        """Whether seeds change this claim's value: it trains a model that is no teacher."""
+        return any(not is_teacher(r) for r in claim.recipes)
+
+    def check(self, claim: Claim, seeds: int = 1) -> Verdict:
+        """Measure a claim, judge it at this budget, and record the verdict.
+
+        seeds > 1: the claim at one seed, at seed offsets 0..seeds-1 (teachers fixed), judged by the 95 %
+        confidence bound on the mean; a claim that trains only teachers (or nothing) stays at n = 1.
+        """
         started = time.perf_counter()
         dataset_name = self._dataset_of(claim)
         dataset = self.dataset(dataset_name) if dataset_name else None
         self._touched = {}
-        measurement = measure(claim, self)
-        verdict, threshold = judge(claim, measurement, dataset.variant if dataset else "")
+        sample = None
+        if seeds > 1 and self.sampled(claim):
+            unit = claim.one_seed()
+            points = [self.measure_at(unit, k) for k in range(seeds)]
+            sample = Sample(tuple(p.value for p in points), claim.threshold.op)
+            detail = "; ".join(f"s+{k}: {p.value:.6g}" + (f" ({p.detail})" if p.detail else "")
+                               for k, p in enumerate(points))
+            measurement = Measurement(sample.mean, f"mean of {seeds} seeds; {detail}")
+        else:
+            measurement = measure(claim, self)
+        verdict, threshold = judge(claim, measurement, dataset.variant if dataset else "", sample)
         provenance = "; ".join(self._touched) or "no training"
         result = Verdict(claim, self.budget, measurement.value, threshold, verdict, measurement.detail,
                          time.perf_counter() - started, str(self.device), dataset.variant if dataset else "",
                          provenance, self.environment(dataset))
+        if sample is not None:
+            result.n, result.seeds, result.values = sample.n, list(range(seeds)), list(sample.values)
+            result.mean, result.bound = sample.mean, sample.confidence_bound()
+        elif self.sampled(claim):
+            result.seeds = [0]
+        self._attach_reference(result)
         self.last_models = [m.record() for m in self._touched.values()]
         self.verdicts.append(result)
         return result
+
+    def _attach_reference(self, verdict: Verdict) -> None:
+        """The committed reference sample of a built-in claim beside its value, and whether the value lies
+        outside the sample's range (only comparable for a one-seed value: the sample's points are one seed each)."""
+        if _builtin(verdict.claim.id) != verdict.claim or verdict.measured is None:
+            return  # a user's claim (even one sharing a built-in id): the committed samples are not about it
+        if self.references is None:
+            from kdverify.paper_claims import CLAIMS
+
+            self.references = load_references(CLAIMS, self.budget)
+        ref = self.references.get(verdict.claim.id)
+        if ref is None:
+            return
+        verdict.reference = ref.to_dict(verdict.threshold.op)
+        if ref.values and verdict.n == 1 and verdict.claim.seeds_averaged == 1:
+            verdict.outside_reference = not min(ref.values) <= verdict.measured <= max(ref.values)
 
     def not_measured(self, claim: Claim, reason: str, verdict: str = "SKIP") -> Verdict:
         """Record a claim that could not be measured: SKIP (no data, not asked for) or ERROR (corrupt or

@@ -14,6 +14,7 @@ worker that computed a teacher's outputs serves all of its students.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import importlib
 import os
@@ -24,7 +25,7 @@ from typing import Callable
 import pytest
 
 from kdverify.claims import Claim, Verdict
-from kdverify.errors import DataCorrupt, DataError
+from kdverify.errors import DataCorrupt, DataError, first_line
 from kdverify.ledger import Ledger, attach
 
 LAB_KEY = pytest.StashKey["object"]()
@@ -54,7 +55,23 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="write report.md, report.json and PNG pictures of the claims here")
     group.addoption("--kd-import", action="append", default=[], metavar="MODULE",
                     help="import MODULE first (it may register models, datasets, objectives, recipes); repeatable")
+    group.addoption("--kd-seeds", type=_seed_count, default=1, metavar="N",
+                    help="judge every claim that trains a student at N seeds (teachers fixed): PASS when the one-sided "
+                         "95%% confidence bound on the mean passes, FAIL when the mean fails, else INCONCLUSIVE "
+                         "(default: 1, today's verdict beside the committed reference range)")
+    group.addoption("--kd-inconclusive", choices=("fail", "pass"), default="fail",
+                    help="whether an INCONCLUSIVE verdict fails the run (default: fail)")
     parser.addini("kd_import", type="linelist", default=[], help="modules kdverify imports first (like --kd-import)")
+
+
+def _seed_count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= 1000:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a seed count from 1 to 1000")
+    return n
 
 
 def _default_to_loadscope(config: pytest.Config) -> None:
@@ -200,11 +217,14 @@ def kd_claim(kd_lab, request: pytest.FixtureRequest) -> Callable[[Claim | str], 
 
             claim = CLAIMS_BY_ID[claim]
         try:
-            verdict = kd_lab.check(claim)
+            verdict = kd_lab.check(claim, request.config.getoption("--kd-seeds"))
         except DataError as exc:
             status, stop = _data_problem(request.config, exc)
             attach(request.node, kd_lab.not_measured(claim, f"{exc}", status), [])
             stop(str(exc))
+        except Exception as exc:  # a model that raises, a typo'd recipe: the claim is in the table, as ERROR
+            attach(request.node, kd_lab.not_measured(claim, f"{type(exc).__name__}: {first_line(exc)}", "ERROR"), [])
+            raise
         attach(request.node, verdict, kd_lab.last_models)
         detail = f" ({verdict.detail})" if verdict.detail else ""
         measured = f"{claim.id}: measured {verdict.measured:.10g}{detail}, threshold {verdict.threshold}"
@@ -215,6 +235,9 @@ def kd_claim(kd_lab, request: pytest.FixtureRequest) -> Callable[[Claim | str], 
         if verdict.verdict == "XPASS":
             pytest.fail(f"XPASS(strict) {measured}: declared unreproducible ({claim.xfail}) but it passed; "
                         "remove the declaration", pytrace=False)
+        if verdict.verdict == "INCONCLUSIVE" and request.config.getoption("--kd-inconclusive") == "fail":
+            pytest.fail(f"INCONCLUSIVE {measured}: the mean passes, the 95% confidence bound {verdict.bound:.6g} "
+                        f"over {verdict.n} seeds does not (more seeds, or --kd-inconclusive pass)", pytrace=False)
         if verdict.verdict == "XFAIL":
             pytest.xfail(f"{measured}; declared: {claim.xfail}")
         return verdict

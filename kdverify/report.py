@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from kdverify.cache import Trained
-from kdverify.claims import STANDIN_VARIANTS, Verdict
+from kdverify.claims import METRIC_DEFINITIONS, STANDIN_VARIANTS, Verdict
 from kdverify.io import atomic_write_bytes
 
-COLUMNS = ("claim", "paper", "measured", "threshold", "rule", "verdict", "seconds", "data")
+COLUMNS = ("claim", "paper", "measured", "threshold", "rule", "verdict", "n", "reference", "seconds", "data")
 CONFUSION_RECIPES = ("hinton-teacher", "hinton-student-hard", "hinton-student-kd")
 BUDGET_NOTES = {
     "ci": "Budget `ci`: the teachers are the pinned checkpoints shipped in `kdverify/teachers/` (their sha256 is in "
@@ -36,9 +36,25 @@ def _fmt(value: float | None) -> str:
     return f"{value:,.0f}" if value.is_integer() and abs(value) >= 100 else f"{value:.4g}"
 
 
+def reference_text(v: Verdict) -> str:
+    """'136-151 (n=10, 2 paths)' from the committed reference sample; '!' marks a value outside it."""
+    ref = v.reference
+    if not ref or not ref.get("n"):
+        return "stale" if ref and ref.get("stale") else "-"
+    paths = len(ref.get("paths", {}))
+    text = f"{_fmt(ref['min'])}-{_fmt(ref['max'])} (n={ref['n']}, {paths} path{'s' if paths != 1 else ''})"
+    return ("! outside " + text) if v.outside_reference else text
+
+
+def _n_text(v: Verdict) -> str:
+    if v.n > 1 and v.bound is not None:
+        return f"{v.n} (bound {_fmt(v.bound)})"
+    return "1" if v.claim.recipes else "-"
+
+
 def rows(verdicts: Sequence[Verdict]) -> list[tuple[str, ...]]:
     return [(v.claim.id, _fmt(v.claim.paper_value), _fmt(v.measured), str(v.threshold), v.threshold.rule or "-",
-             v.verdict, f"{v.seconds:.0f}", v.data_variant or "-") for v in verdicts]
+             v.verdict, _n_text(v), reference_text(v), f"{v.seconds:.0f}", v.data_variant or "-") for v in verdicts]
 
 
 def table(verdicts: Sequence[Verdict]) -> str:
@@ -55,9 +71,10 @@ def summary_line(verdicts: Sequence[Verdict]) -> str:
     again = sum(v.verdict == "PASS" and bool(v.claim.same_model_as) for v in verdicts)
     passes = f"{n['PASS']} passed" + (f" ({again} of them re-measure a model judged by another claim)" if again else "")
     why = [f"{n['XPASS']} of them xpassed (strict: failure)"] if n["XPASS"] else []
-    why += [f"{n['ERROR']} of them could not be measured (data)"] if n["ERROR"] else []
+    why += [f"{n['ERROR']} of them could not be measured"] if n["ERROR"] else []
     fails = f"{n['FAIL'] + n['XPASS'] + n['ERROR']} failed" + (f" ({'; '.join(why)})" if why else "")
-    return (f"claims: {passes}, {fails}, {n['XFAIL']} xfailed, {n['REPORT']} reported (not gated), "
+    unsure = f"{n['INCONCLUSIVE']} inconclusive, " if n["INCONCLUSIVE"] else ""
+    return (f"claims: {passes}, {fails}, {unsure}{n['XFAIL']} xfailed, {n['REPORT']} reported (not gated), "
             f"{n['SKIP']} skipped")
 
 
@@ -133,17 +150,37 @@ def markdown(verdicts: Sequence[Verdict], pictures: Sequence[str], models: Seque
         out.append("| " + " | ".join(_cell(c) for c in (
             m.recipe.name, m.recipe.seed, m.source, m.weights[:12] or "-", f"{m.seconds:.0f}", m.machine or "-",
             settings_text(m.settings) or "-", f"{ev.errors}/{ev.total} ({100 * ev.error_rate:.2f}%)")) + " |")
+    sampled = [v for v in verdicts if v.n > 1]
+    if sampled:
+        out += ["", "## Verdicts over seeds (`--kd-seeds`)", "",
+                "PASS when the one-sided 95% confidence bound on the mean (Student's t) is inside the threshold, "
+                "FAIL when the mean is outside, INCONCLUSIVE otherwise. Seed offsets are added to every student "
+                "recipe's own seed; teachers stay fixed.", "",
+                "| claim | seeds | values | mean | bound | threshold | verdict |", "|" + " --- |" * 7]
+        out += ["| " + " | ".join(_cell(c) for c in (
+            v.claim.id, ", ".join(f"+{s}" for s in v.seeds), ", ".join(_fmt(x) for x in v.values), _fmt(v.mean),
+            _fmt(v.bound), str(v.threshold), v.verdict)) + " |" for v in sampled]
+    metrics = sorted({v.claim.metric for v in verdicts})
+    out += ["", "## What each number is", "",
+            "Every value is the final-epoch model's, never the best epoch on the test set. `n` is how many seeds the "
+            "verdict rests on; `reference` is the committed sample of the claim over seeds and numeric paths "
+            "(`kdverify/references/`, one seed per value), `!` where the measured value lies outside it.", ""]
+    out += [f"- `{m}`: {METRIC_DEFINITIONS.get(m, 'a metric registered by the user')}" for m in metrics]
+    noted = [v for v in verdicts if v.claim.note]
+    if noted:
+        out += ["", "## Notes on claim design", ""] + [f"- `{v.claim.id}`: {v.claim.note}" for v in noted]
     declared = [v for v in verdicts if v.claim.xfail]
     if declared:
         out += ["", "## Declared unreproducible (xfail)", "",
                 ("XPASS: it passed although declared unreproducible; strict, so it fails until the declaration "
                  "is removed."), ""]
         out += [f"- `{v.claim.id}` ({v.verdict}, measured {_fmt(v.measured)}): {v.claim.xfail}" for v in declared]
-    out += ["", "## Confusion matrices (rows: true class, columns: predicted)", ""]
-    for m in _sorted_models(models):
-        if m.recipe.name in CONFUSION_RECIPES:
-            out += [f"### {m.recipe.name} (seed {m.recipe.seed}): {m.evaluation.errors} errors", "", "```"]
-            out += [" ".join(f"{n:5d}" for n in row) for row in m.evaluation.confusion.tolist()] + ["```", ""]
+    confusions = [m for m in _sorted_models(models) if m.recipe.name in CONFUSION_RECIPES]
+    if confusions:
+        out += ["", "## Confusion matrices (rows: true class, columns: predicted)", ""]
+    for m in confusions:
+        out += [f"### {m.recipe.name} (seed {m.recipe.seed}): {m.evaluation.errors} errors", "", "```"]
+        out += [" ".join(f"{n:5d}" for n in row) for row in m.evaluation.confusion.tolist()] + ["```", ""]
     if pictures:
         out += ["", "## Pictures", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in pictures]
     return "\n".join(out) + "\n"

@@ -62,8 +62,10 @@ def test_table_has_every_column_and_the_stand_in_rule():
     acc = _claim("my.acc", "accuracy_pct", 70.26, ACC, "% acc", args={"recipe": "tutorial-lightnn-kd"})
     verdicts = [_verdict(_claim("my.kd"), "PASS"), _verdict(acc, "FAIL", 67.9, "cifar10-jpeg-q75")]
     lines = table(verdicts).splitlines()
-    assert lines[0].split() == ["claim", "paper", "measured", "threshold", "rule", "verdict", "seconds", "data"]
-    assert lines[2].split() == ["my.kd", "74", "70", "<=", "81", "paper", "x", "1.10", "PASS", "12", "mnist"]
+    assert lines[0].split() == ["claim", "paper", "measured", "threshold", "rule", "verdict", "n", "reference",
+                                "seconds", "data"]
+    assert lines[2].split() == ["my.kd", "74", "70", "<=", "81", "paper", "x", "1.10", "PASS", "1", "-", "12",
+                                "mnist"]
     assert "tutorial - 2 pt (cifar10-jpeg-q75 stand-in allowance)" in lines[3] and ">= 68.26" in lines[3]
     assert {line.index(" PASS ") if "PASS" in line else line.index(" FAIL ") for line in lines[2:]} == {
         lines[0].index(" verdict ")}  # fixed width: the verdicts line up under their header

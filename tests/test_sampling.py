@@ -1,0 +1,94 @@
+"""Verdicts over seeds: the bounds of `kdverify.sampling`, and `--kd-seeds N` / ERROR rows through pytest."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from kdverify.sampling import INCONCLUSIVE, Sample, is_fragile, statistical_verdict
+
+TINY_PROJECT = (Path(__file__).parent / "tiny_project.py").read_text()
+
+
+def at_most(limit):
+    return lambda v: v <= limit
+
+
+def test_confidence_bound_is_mean_plus_t_s_over_root_n_on_the_bad_side():
+    s = Sample((140.0, 146.0, 152.0), "<=")
+    t2 = 2.919985580355516  # t(0.95, 2 degrees of freedom)
+    assert s.mean == 146 and s.std == 6
+    assert s.confidence_bound() == pytest.approx(146 + t2 * 6 / math.sqrt(3))
+    low = Sample((70.0, 72.0, 74.0), ">=")
+    assert low.confidence_bound() == pytest.approx(72 - t2 * 2 / math.sqrt(3))
+
+
+def test_statistical_verdict_pass_fail_inconclusive():
+    assert statistical_verdict(Sample((140.0, 141.0, 142.0), "<="), at_most(161)) == "PASS"
+    assert statistical_verdict(Sample((160.0, 165.0, 170.0), "<="), at_most(161)) == "FAIL"
+    assert statistical_verdict(Sample((150.0, 158.0, 166.0), "<="), at_most(161)) == INCONCLUSIVE
+    assert statistical_verdict(Sample((150.0,), "<="), at_most(161)) == "PASS"  # n = 1: today's verdict
+
+
+def test_fragile_uses_the_stricter_of_prediction_bound_and_worst_value():
+    steady = Sample((100.0, 101.0, 99.0, 100.0, 100.0), "<=")
+    assert not is_fragile(steady, at_most(110))
+    assert is_fragile(steady, at_most(101))  # the worst value (101) passes, but the prediction bound does not
+    wide = Sample((90.0, 100.0, 110.0, 95.0, 105.0), "<=")
+    # mean 100, s 7.91, t(4) 2.132: the next run's bound is 100 + 2.132 * 7.91 * sqrt(1 + 1/5) = 118.5
+    assert is_fragile(wide, at_most(118)) and not is_fragile(wide, at_most(119))
+    assert is_fragile(Sample((100.0,), "<="), at_most(1000))  # one value says nothing about the spread
+
+
+def test_a_mean_of_k_seeds_has_a_tighter_prediction_bound_and_worst_is_the_mean_of_the_worst_k():
+    s = Sample((0.2, 0.9, 1.4, -0.3, 0.6, 1.1), ">=")
+    assert s.prediction_bound(3) > s.prediction_bound(1)  # toward the bad (low) side, less far
+    assert s.worst(3) == pytest.approx((-0.3 + 0.2 + 0.6) / 3)
+    assert s.headroom_bound(3) == min(s.prediction_bound(3), s.worst(3))
+
+
+SEEDED_CLAIMS = '''
+import pytest
+from kdverify.claims import Claim, Threshold
+
+HARD = Claim("tiny.hard", "test", "tiny-hard learns", "errors_on_test", {"recipe": "tiny-hard"}, None, "errors",
+             Threshold("<=", 200, "all of them"))
+TEACHER = Claim("tiny.teacher", "test", "teacher", "errors_on_test", {"recipe": "tiny-teacher"}, None, "errors",
+                Threshold("<=", 200, "all of them"))
+BROKEN = Claim("tiny.broken", "test", "no such recipe", "errors_on_test", {"recipe": "tiny-nope"}, None, "errors",
+               Threshold("<=", 200, "all of them"))
+
+@pytest.mark.claims
+@pytest.mark.parametrize("claim", [HARD, TEACHER, BROKEN], ids=lambda c: c.id)
+def test_claim(claim, kd_claim):
+    kd_claim(claim)
+'''
+
+
+def test_kd_seeds_gives_per_seed_values_mean_and_bound_and_a_raising_claim_is_an_error_row(pytester, tmp_path,
+                                                                                            monkeypatch):
+    monkeypatch.delenv("KDVERIFY_DATA", raising=False)
+    monkeypatch.setenv("KDVERIFY_CACHE", str(tmp_path / "user-cache"))
+    pytester.makepyfile(tiny_project=TINY_PROJECT, test_seeded=SEEDED_CLAIMS)
+    report = tmp_path / "report"
+    result = pytester.runpytest_subprocess("--kd-import", "tiny_project", "--kd-cache", str(tmp_path / "cache"),
+                                           "--kd-report", str(report), "--kd-seeds", "3", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2, failed=1)
+    claims = {c["claim"]: c for c in json.loads((report / "report.json").read_text())["claims"]}
+    hard, teacher, broken = claims["tiny.hard"], claims["tiny.teacher"], claims["tiny.broken"]
+    assert hard["n"] == 3 and hard["seeds"] == [0, 1, 2] and len(hard["values"]) == 3
+    assert hard["mean"] == pytest.approx(sum(hard["values"]) / 3) and hard["bound"] >= hard["mean"]
+    assert hard["verdict"] in ("PASS", "INCONCLUSIVE") and "mean of 3 seeds; s+0:" in hard["detail"]
+    assert teacher["n"] == 1 and teacher["values"] == []  # teachers stay fixed: n = 1, labelled
+    assert broken["verdict"] == "ERROR" and "tiny-nope" in broken["detail"]
+    summary = json.loads((report / "report.json").read_text())["summary"]
+    assert "1 failed" in summary and "could not be measured" in summary
+    result.stdout.fnmatch_lines(["tiny.broken*ERROR*"])
+    assert "Verdicts over seeds" in (report / "report.md").read_text()
+
+
+def test_kd_seeds_must_be_a_positive_count(pytester):
+    result = pytester.runpytest("--kd-seeds", "0")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--kd-seeds*'0' is not a seed count from 1 to 1000*"])
