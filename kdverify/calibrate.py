@@ -94,3 +94,56 @@ def calibrate(seeds: Sequence[int], budget: str = "ci", data_root: str | None = 
         atomic_write_bytes(Path(out), json.dumps({"seeds": list(seeds), "budget": budget, "claims": results},
                                                  indent=2).encode())
     return results
+
+
+def measure_reference(seeds: int, budget: str = "ci", data_root: str | None = None, cache_dir: str | None = None,
+                      out: Path | None = None, force: bool = False, claim_ids: Sequence[str] | None = None,
+                      claims: Sequence[Claim] | None = None) -> Path:
+    """Measure every claim that trains a model at seed offsets 0..seeds-1 on this machine's numeric path and
+    write the reference sample (`kdverify.references`): values, recipe fingerprints, provenance, seconds."""
+    import datetime
+    import time
+
+    import kdverify
+    from kdverify.checkpoint import machine_description
+    from kdverify.determinism import numeric_settings
+    from kdverify.lab import ClaimsLab
+    from kdverify.references import FORMAT, REFERENCE_DIR, path_name, recipe_fingerprints
+    from kdverify.train import TRAINER_VERSION
+
+    if claims is None:
+        from kdverify.paper_claims import CLAIMS as claims
+    if seeds < 1:
+        raise KdverifyError(f"--seeds {seeds}: at least 1")
+    chosen = [c for c in claims if c.recipes and (not claim_ids or c.id in claim_ids)]
+    unknown = sorted(set(claim_ids or ()) - {c.id for c in claims})
+    if unknown:
+        raise KdverifyError(f"unknown claim id(s) {', '.join(unknown)}; known: {', '.join(c.id for c in claims)}")
+    lab = ClaimsLab(data_root, budget, "auto", cache_dir)
+    settings = numeric_settings(lab.device)
+    target = Path(out) if out else REFERENCE_DIR / f"{path_name(settings)}.json"
+    if target.exists() and not force:
+        raise KdverifyError(f"{target} exists; pass --force to replace it")
+    started = time.perf_counter()
+    entries: dict[str, dict[str, Any]] = {}
+    for claim in chosen:
+        offsets = list(range(seeds)) if lab.sampled(claim) else [0]  # a teacher's value does not move with seeds
+        unit, values, seconds = claim.one_seed(), [], []
+        for k in offsets:
+            t0 = time.perf_counter()
+            value = lab.measure_at(unit, k).value
+            values.append(value)
+            seconds.append(round(time.perf_counter() - t0, 1))
+            print(f"reference  {claim.id:<44} seed +{k}  {value:.6g}", flush=True)
+        entries[claim.id] = {"dataset": lab._dataset_of(claim) or "", "values": values, "seed_offsets": offsets, "seconds": seconds,
+                             "recipes": recipe_fingerprints(claim, budget), "threshold": str(claim.threshold),
+                             "gated": claim.gated and not claim.xfail}
+    datasets = {name: {"variant": d.variant, "checksum": d.checksum} for name, d in lab._datasets.items()}
+    data = {"format": FORMAT, "path": target.stem, "budget": budget,
+            "provenance": {**settings, "machine": machine_description(lab.device), "kdverify": kdverify.__version__,
+                           "trainer": TRAINER_VERSION, "data": datasets, "seconds": round(time.perf_counter() - started),
+                           "made": datetime.date.today().isoformat(),
+                           "command": f"kdverify reference --seeds {seeds} --budget {budget}"},
+            "claims": entries}
+    atomic_write_bytes(target, (json.dumps(data, indent=1) + "\n").encode())
+    return target

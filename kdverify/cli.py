@@ -446,5 +446,30 @@ def calibrate_command(seeds: tuple[int, ...], budget: str, data_root: str | None
               claims=claims_from(claims_ref))
 
 
+@main.command("reference")
+@click.option("--seeds", type=click.IntRange(1, 1000), default=5, show_default=True,
+              help="Seed offsets 0..N-1 of every student (teachers fixed).")
+@budget_option
+@data_root_option
+@click.option("--cache", type=click.Path(file_okay=False), default=None, help="Model cache folder.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Where to write (default: kdverify/references/<numeric path>.json).")
+@click.option("--force", is_flag=True, help="Replace an existing reference file.")
+@click.option("--claim", "claim_ids", multiple=True, help="Only these claim ids (repeatable).")
+@recipe_file_option
+@_one_line_errors
+def reference_command(seeds: int, budget: str, data_root: str | None, cache: str | None, out: str | None,
+                      force: bool, claim_ids: tuple[str, ...]) -> None:
+    """Write this numeric path's reference sample: every trained claim at N seeds, with provenance."""
+    from kdverify.calibrate import measure_reference
+
+    if out:
+        from kdverify.io import check_writable
+
+        check_writable(out, force)
+    path = measure_reference(seeds, budget, data_root, cache, Path(out) if out else None, force, claim_ids or None)
+    click.echo(f"wrote {path}")
+
+
 if __name__ == "__main__":
     main()
