@@ -223,9 +223,13 @@ class ModelCache:
             metrics = ckpt.metrics
             if metrics.get("cache_key") != key or metrics.get("weights_sha256") != state_digest(ckpt.model):
                 return None
-            return Trained(recipe, key, Evaluation(torch.tensor(metrics["test"]["confusion"])),
-                           *_recorded_training(metrics), "cache", metrics["weights_sha256"],
-                           metrics.get("machine", ""), dict(metrics.get("settings", {})), model=ckpt.model.to(device))
+            model = ckpt.model.to(device)
+            dataset = self.datasets[recipe.dataset]
+            # the verdict's numbers come from the verified weights, never from the entry's stored metrics,
+            # which its weights digest does not cover (one flipped bit there would change a verdict)
+            evaluation = evaluate(model, dataset.test, dataset.mean, dataset.std)
+            return Trained(recipe, key, evaluation, *_recorded_training(metrics), "cache", metrics["weights_sha256"],
+                           metrics.get("machine", ""), dict(metrics.get("settings", {})), model=model)
         except (CheckpointError, KeyError, TypeError, ValueError):
             return None  # corrupted or foreign entry: retrain, never trust it
 
