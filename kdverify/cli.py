@@ -87,11 +87,12 @@ def _set_deterministic(deterministic: bool) -> None:
 
 
 def _import_user_modules(names: list[str]) -> None:
-    """Import the user's modules (the current directory first on sys.path) so they can register
-    models, datasets and recipes before the command looks them up."""
+    """Import the user's modules so they can register models, datasets and recipes before the command looks
+    them up. The current directory joins sys.path only when a module is named, and last: nothing in it runs
+    unless named, and a stray ./onnx.py or ./tomllib.py never shadows the library of that name."""
     cwd = os.getcwd()
-    if cwd not in sys.path:
-        sys.path.insert(0, cwd)
+    if names and cwd not in sys.path:
+        sys.path.append(cwd)
     for name in names:
         try:
             importlib.import_module(name)
@@ -138,7 +139,7 @@ deterministic_option = click.option(
 @click.group()
 @click.version_option(package_name="kdverify")
 @click.option("--import", "imports", multiple=True, metavar="MODULE",
-              help=f"Import MODULE first (repeatable; the current directory is on sys.path), e.g. one that registers "
+              help=f"Import MODULE first (repeatable; found on sys.path, then in the current directory), e.g. one that registers "
                    f"models, datasets or recipes. ${IMPORT_ENV}: comma-separated modules, imported before these.")
 @click.pass_context
 def main(ctx: click.Context, imports: tuple[str, ...]) -> None:

@@ -91,8 +91,11 @@ def _default_to_loadscope(config: pytest.Config) -> None:
 
 
 def _import_user_modules(config: pytest.Config) -> None:
-    sys.path.insert(0, str(config.rootpath)) if str(config.rootpath) not in sys.path else None
-    for name in [*config.getini("kd_import"), *config.getoption("--kd-import")]:
+    """--kd-import / kd_import: the rootdir joins sys.path only when a module is named, and last (no shadowing)."""
+    names = [*config.getini("kd_import"), *config.getoption("--kd-import")]
+    if names and str(config.rootpath) not in sys.path:
+        sys.path.append(str(config.rootpath))
+    for name in names:
         try:
             importlib.import_module(name)
         except ImportError as exc:

@@ -382,3 +382,24 @@ def test_import_failures_are_one_line(user_modules):
     assert "kdv_user_boom.py:2: RuntimeError: boom" in result.output
     user_modules("kdv_user_syntax", "def (:\n")
     assert_one_line_error(run("--import", "kdv_user_syntax", "recipes"), "SyntaxError")
+
+
+def test_nothing_in_the_working_directory_runs_unless_named(user_modules, tmp_path):
+    """A stray ./onnx.py or ./tomllib.py is never imported in place of the library; the directory joins
+    sys.path only for a named --import, and last."""
+    import subprocess
+
+    marker = tmp_path / "ran"
+    for shadow in ("onnx", "tomllib", "numpy"):
+        user_modules(shadow, f"open({str(marker)!r}, 'a').write('{shadow} ')\n")
+    (tmp_path / "r.toml").write_text('[my-r]\ndataset = "mnist"\narch = "hinton_mlp"\nepochs = 1\nlr = 0.1\n')
+    user = user_modules("kdv_user_ok", "X = 1\n")
+    for args in (["recipes", "--recipe-file", "r.toml"], ["--import", user, "recipes", "--recipe-file", "r.toml"],
+                 ["export", "missing.pt"]):
+        # the installed console script, as a user runs it (`python -c` would put '' first on sys.path itself)
+        done = subprocess.run([str(Path(sys.executable).parent / "kdverify"), *args], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120)
+        assert "Traceback" not in done.stderr, done.stderr
+        assert not marker.exists(), f"{args}: ran {marker.read_text()}"
+    result = run("--import", user, "recipes")
+    assert result.exit_code == 0 and sys.path[-1] == str(tmp_path) and str(tmp_path) not in sys.path[:-1]
