@@ -410,6 +410,7 @@ def pin_command(checkpoint: str, trainer_version: str | None, force: bool) -> No
 @budget_option
 @click.option("--cache", type=click.Path(file_okay=False), default=None, help="Model cache folder.")
 @data_root_option
+@recipe_file_option
 @_one_line_errors
 def cache_add_command(checkpoint: str, budget: str, cache: str | None, data_root: str | None) -> None:
     """Adopt a model trained by `kdverify train` (e.g. a long teacher run) as the budget's cache entry."""

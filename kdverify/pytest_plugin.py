@@ -61,7 +61,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "(default: 1, today's verdict beside the committed reference range)")
     group.addoption("--kd-inconclusive", choices=("fail", "pass"), default="fail",
                     help="whether an INCONCLUSIVE verdict fails the run (default: fail)")
+    group.addoption("--kd-recipe-file", action="append", default=[], metavar="TOML",
+                    help="register the recipes of a TOML file (as `kdverify --recipe-file`) before collection; "
+                         "repeatable; ini option `kd_recipe_file` (paths relative to the rootdir)")
     parser.addini("kd_import", type="linelist", default=[], help="modules kdverify imports first (like --kd-import)")
+    parser.addini("kd_recipe_file", type="linelist", default=[],
+                  help="TOML recipe files kdverify registers first (like --kd-recipe-file), relative to the rootdir")
 
 
 def _seed_count(text: str) -> int:
@@ -102,6 +107,21 @@ def _import_user_modules(config: pytest.Config) -> None:
             raise pytest.UsageError(f"--kd-import {name}: cannot import it ({exc})") from None
 
 
+def _load_recipe_files(config: pytest.Config) -> None:
+    """--kd-recipe-file / kd_recipe_file: the same TOML recipe files the CLI takes, one-line usage errors."""
+    paths = [config.rootpath / p for p in config.getini("kd_recipe_file")] + config.getoption("--kd-recipe-file")
+    if not paths:
+        return
+    from kdverify.errors import KdverifyError
+    from kdverify.recipe_file import load_recipe_file
+
+    for path in paths:
+        try:
+            load_recipe_file(path)
+        except (KdverifyError, OSError, ValueError) as exc:
+            raise pytest.UsageError(f"--kd-recipe-file {path}: {first_line(exc)}") from None
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "claims: a reproduction claim; trains (or loads cached) models and "
                                        "checks the published number within its stated tolerance")
@@ -111,6 +131,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[LEDGER_KEY] = Ledger()
     config.pluginmanager.register(config.stash[LEDGER_KEY], "kdverify-ledger")  # gathers verdicts from reports
     _import_user_modules(config)
+    _load_recipe_files(config)
     if config.getoption("--kd-device", "auto") == "cuda":
         import torch
 

@@ -249,7 +249,8 @@ def _adopt_entry_point(registry: Registry, name: str, obj: Any) -> None:
 
 RECIPES: Registry[dict[str, Recipe]] = Registry(  # name -> {"fast": Recipe, "original": Recipe}
     "recipe", "kdverify.recipes",
-    "register it with kdverify.recipes.register_recipe, a --recipe-file, or a module you --import",
+    "register it with kdverify.recipes.register_recipe, a --recipe-file (pytest: --kd-recipe-file), or a module "
+    "you --import (pytest: --kd-import)",
     adopt=_adopt_entry_point)
 
 

@@ -92,3 +92,41 @@ def test_kd_seeds_must_be_a_positive_count(pytester):
     result = pytester.runpytest("--kd-seeds", "0")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--kd-seeds*'0' is not a seed count from 1 to 1000*"])
+
+
+RECIPE_FILE = '''
+[tiny-from-toml]
+dataset = "tiny"
+arch = "hinton_mlp"
+epochs = 1
+lr = 0.05
+arch_kwargs = { hidden = 16 }
+'''
+
+TOML_CLAIM = '''
+import pytest
+from kdverify.claims import Claim, Threshold
+
+@pytest.mark.claims
+def test_toml_recipe(kd_claim):
+    kd_claim(Claim("tiny.toml", "test", "a TOML recipe trains", "errors_on_test", {"recipe": "tiny-from-toml"}, None,
+                   "errors", Threshold("<=", 200, "all of them")))
+'''
+
+
+def test_recipe_files_reach_the_claims_by_option_and_ini(pytester, tmp_path, monkeypatch):
+    monkeypatch.delenv("KDVERIFY_DATA", raising=False)
+    monkeypatch.setenv("KDVERIFY_CACHE", str(tmp_path / "user-cache"))
+    pytester.makepyfile(tiny_project=TINY_PROJECT, test_toml=TOML_CLAIM)
+    (pytester.path / "recipes.toml").write_text(RECIPE_FILE)
+    result = pytester.runpytest("--kd-import", "tiny_project", "--kd-recipe-file", "recipes.toml",
+                                "--kd-cache", str(tmp_path / "cache"), "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    pytester.makeini("[pytest]\nkd_import = tiny_project\nkd_recipe_file = recipes.toml\n")
+    result = pytester.runpytest_subprocess(f"--kd-cache={tmp_path / 'cache'}", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=1)
+    (pytester.path / "bad.toml").write_text("[x]\ndataset = 'tiny'\narch = 'hinton_mlp'\nepochs = -1\nlr = 1\n")
+    result = pytester.runpytest_subprocess("--kd-recipe-file", "bad.toml", "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--kd-recipe-file bad.toml: bad.toml*epochs*"])
+    assert "Traceback" not in result.stderr.str()
