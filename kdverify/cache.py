@@ -28,6 +28,7 @@ from kdverify.checkpoint import CheckpointError, checkpoint_payload, load_checkp
     save_checkpoint, state_digest
 from kdverify.data import Dataset, default_cache_dir
 from kdverify.determinism import cache_key_settings, numeric_settings
+from kdverify.errors import KdverifyError
 from kdverify.locks import exclusive
 from kdverify.models import TappedModel
 from kdverify.pinned import load_pinned, read_manifest
@@ -123,6 +124,9 @@ class ModelCache:
         if not recipe.teacher:
             return None
         teacher = get_recipe(recipe.teacher, self.budget)
+        if teacher.dataset != recipe.dataset:
+            raise KdverifyError(f"recipe {recipe.name} distils on {recipe.dataset!r} from {teacher.name}, which "
+                                f"trains on {teacher.dataset!r}: the teacher must learn the student's data")
         return teacher if self.uses_pinned(teacher) else teacher.with_seed(teacher.seed + self.teacher_seed_offset)
 
     def key(self, recipe: Recipe, teacher: Trained | None = None) -> str:

@@ -243,12 +243,17 @@ def _train_and_save(recipe_name: str, budget: str, out: str, force: bool, data_r
     out_path = check_writable(out, force)  # before hours of training, not after
     teacher = None
     if teacher_path:
+        if Path(teacher_path).resolve() == out_path.resolve():
+            raise KdverifyError(f"--out {out} is the teacher checkpoint itself; write the student elsewhere")
         ckpt = load_checkpoint(teacher_path, map_location=dev)
         expected = get_recipe(recipe.teacher, budget).arch if recipe.teacher else None
         if expected and ckpt.arch != expected:
             raise KdverifyError(f"{teacher_path} is a {ckpt.arch}; recipe {recipe.name} needs a {expected} teacher")
+        teacher_fits_student(ckpt, recipe, teacher_path)  # before any data is loaded or anything written
         teacher = ckpt.model.to(dev)
     dataset = load_dataset(recipe.dataset, data_root, dev)
+    if teacher is not None:
+        teacher_fits_student(ckpt, recipe, teacher_path, dataset)
     click.echo(f"training {recipe.name} ({budget} budget, {recipe.epochs} epochs) on {dataset.variant}, {dev}",
                err=True)
     result = fit(recipe, dataset, teacher=teacher)
@@ -260,6 +265,23 @@ def _train_and_save(recipe_name: str, budget: str, out: str, force: bool, data_r
     ev = result.evaluation
     click.echo(f"wrote {out_path}: {recipe.name}, test errors {ev.errors}/{ev.total} "
                f"({100 * ev.error_rate:.2f}%), {result.seconds:.0f}s")
+
+
+def teacher_fits_student(ckpt: Any, recipe: Any, teacher_path: str, dataset: Any = None) -> None:
+    """A teacher must have learnt the student's task: the dataset its checkpoint names (checked before any data
+    is loaded), then the classes and input shape of the data as loaded (before any training)."""
+    if not ckpt.dataset:
+        raise KdverifyError(f"{teacher_path} does not name the dataset it was trained on (written by an old "
+                            "kdverify?): it cannot be checked as a teacher")
+    if ckpt.dataset != recipe.dataset:
+        raise KdverifyError(f"{teacher_path} was trained on {ckpt.dataset!r}; recipe {recipe.name} distils on "
+                            f"{recipe.dataset!r}: the teacher must have learnt the student's data")
+    if dataset is not None:
+        shape = tuple(dataset.test.images.shape[1:])
+        if len(ckpt.classes) != len(dataset.classes) or tuple(ckpt.input_shape) != shape:
+            raise KdverifyError(f"{teacher_path} has {len(ckpt.classes)} classes and inputs "
+                                f"{tuple(ckpt.input_shape)}; {recipe.dataset!r} as loaded has "
+                                f"{len(dataset.classes)} classes and inputs {shape}")
 
 
 def _training_options(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -25,3 +25,20 @@ def test_an_edited_confusion_matrix_in_a_cache_entry_changes_no_number(tmp_path)
     assert again.source == "cache"  # the weights still verify: the entry is used ...
     assert again.evaluation.errors == trained.evaluation.errors  # ... and measured again, not believed
     assert torch.equal(again.evaluation.confusion, trained.evaluation.confusion)
+
+
+def test_a_student_recipe_whose_teacher_learns_other_data_is_refused_before_training(monkeypatch):
+    import dataclasses
+
+    import pytest
+
+    from kdverify import recipes
+    from kdverify.errors import KdverifyError
+    from kdverify.recipes import register_recipe
+
+    monkeypatch.setattr(recipes, "RECIPES", recipes.RECIPES.copy())
+    kd = get_recipe("tiny-kd-0", "paper")
+    register_recipe(dataclasses.replace(kd, name="tiny-kd-mnist-teacher", teacher="hinton-teacher"))
+    cache = ModelCache(None, {"tiny": load_dataset("tiny")}, "paper", progress=None)
+    with pytest.raises(KdverifyError, match="distils on 'tiny' from hinton-teacher, which trains on 'mnist'"):
+        cache.get(get_recipe("tiny-kd-mnist-teacher", "paper"))

@@ -403,3 +403,36 @@ def test_nothing_in_the_working_directory_runs_unless_named(user_modules, tmp_pa
         assert not marker.exists(), f"{args}: ran {marker.read_text()}"
     result = run("--import", user, "recipes")
     assert result.exit_code == 0 and sys.path[-1] == str(tmp_path) and str(tmp_path) not in sys.path[:-1]
+
+
+def test_distill_refuses_a_teacher_of_other_data_before_loading_any(tmp_path, stand_ins, tiny_mnist, monkeypatch):
+    """A teacher checkpoint names its dataset: a teacher of other data is a one-line error before data or writes."""
+    recipe = get_recipe("hinton-teacher")
+    model = build_model(recipe.arch, **recipe.arch_kwargs)
+    other = tiny_mnist.__class__(**{**vars(tiny_mnist), "name": "digits59"})
+    teacher = save_checkpoint(tmp_path / "t.pt", checkpoint_payload(model, recipe.arch, recipe.arch_kwargs, other,
+                                                                    recipe.to_dict()))
+    result = run("distill", "--teacher", str(teacher), "--recipe", "hinton-student-kd", "--out", str(tmp_path / "s.pt"))
+    assert_one_line_error(result, "t.pt was trained on 'digits59'; recipe hinton-student-kd distils on 'mnist'")
+    assert stand_ins == [] and not (tmp_path / "s.pt").exists()
+
+
+def test_distill_refuses_a_teacher_with_other_classes_before_training(tmp_path, stand_ins, tiny_mnist):
+    recipe = get_recipe("hinton-teacher")
+    model = build_model(recipe.arch, **{**recipe.arch_kwargs, "num_classes": 2})
+    two = tiny_mnist.__class__(**{**vars(tiny_mnist), "classes": ("a", "b")})
+    teacher = save_checkpoint(tmp_path / "t.pt", checkpoint_payload(model, recipe.arch, {**recipe.arch_kwargs,
+                                                                                         "num_classes": 2},
+                                                                    two, recipe.to_dict()))
+    result = run("distill", "--teacher", str(teacher), "--recipe", "hinton-student-kd", "--out", str(tmp_path / "s.pt"))
+    assert_one_line_error(result, "t.pt has 2 classes and inputs (1, 28, 28); 'mnist' as loaded has 10 classes")
+    assert stand_ins == ["load"] and not (tmp_path / "s.pt").exists()
+
+
+def test_distill_never_writes_over_its_teacher(tmp_path, stand_ins, tiny_mnist):
+    teacher = _teacher(tmp_path, tiny_mnist)
+    before = teacher.read_bytes()
+    result = run("distill", "--teacher", str(teacher), "--recipe", "hinton-student-kd", "--out", str(teacher),
+                 "--force")
+    assert_one_line_error(result, "is the teacher checkpoint itself")
+    assert stand_ins == [] and teacher.read_bytes() == before
