@@ -262,6 +262,16 @@ METRICS: dict[str, Callable[..., Measurement]] = {
 }
 
 
+def register_metric(name: str, fn: Callable[..., Measurement], definition: str, replace: bool = False) -> None:
+    """Add a metric claims can name: `fn(lab, **claim.args) -> Measurement`; `definition` says in one line what
+    the number is (split, epoch, seeds) for reports. A taken name needs `replace=True`."""
+    if not isinstance(name, str) or not name:
+        raise ValueError("a metric's name must be a non-empty string")
+    if name in METRICS and METRICS[name] is not fn and not replace:
+        raise ValueError(f"metric {name!r} is already registered; pass replace=True to replace it")
+    METRICS[name], METRIC_DEFINITIONS[name] = fn, definition
+
+
 def measure(claim: Claim, lab: Lab) -> Measurement:
     return METRICS[claim.metric](lab, **claim.args)
 
