@@ -1,10 +1,11 @@
 """Measure every claim at several seeds and show how far each sits inside its threshold.
 
-`kdverify calibrate --seeds 0 3 6` trains what every claim needs (teachers included, unless the
+`kdverify calibrate --seeds 0 --seeds 3 --seeds 6` trains what every claim needs (teachers included, unless the
 budget pins them) at each seed offset and prints, per claim, the values, their min/max/mean, the
 threshold (the published number with its stated tolerance; it never comes from these runs) and
-the worst seed's margin to it. It is the tool for designing recipes with headroom: an error count
-should sit at 90% of its threshold or less.
+the worst seed's margin to it, and the statistical verdict over the seeds (`kdverify.sampling`: the
+one-sided 95% bound on the mean, as `--kd-seeds N` judges). It is the tool for designing recipes with
+headroom; `measure_reference` (`kdverify reference`) writes the committed samples the headroom test reads.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from kdverify.claims import Claim, Threshold
-from kdverify.io import atomic_write_bytes
 from kdverify.errors import KdverifyError
+from kdverify.io import atomic_write_bytes
+from kdverify.sampling import Sample, statistical_verdict
 
 ERROR_UNITS = ("errors", "errors on 3s", "% errors")  # the margin is also shown as % of the threshold
 HEADROOM = 0.10  # an error count should stay this far (relative) inside its threshold
@@ -30,6 +32,9 @@ def seed_stats(values: Sequence[float], threshold: Threshold, unit: str) -> dict
                              "threshold": str(threshold), "rule": threshold.rule, "worst_margin": worst}
     if unit in ERROR_UNITS and threshold.value:
         stats["worst_margin_pct"] = 100 * worst / abs(threshold.value)
+    sample = Sample(tuple(float(v) for v in values), threshold.op)
+    stats.update(std=sample.std, bound=sample.confidence_bound(), n=sample.n,
+                 statistical_verdict=statistical_verdict(sample, threshold.passes))
     return stats
 
 
@@ -44,6 +49,9 @@ def format_stats(claim_id: str, values: Sequence[float], stats: dict[str, Any]) 
     if "worst_margin_pct" in stats:
         pct = stats["worst_margin_pct"]
         text += f" ({pct:.1f}% of the threshold{'' if pct >= 100 * HEADROOM else '; less headroom than 10%'})"
+    if stats.get("n", 1) > 1:
+        text += (f"  std {g(stats['std'])}, 95% bound on the mean {g(stats['bound'])}: "
+                 f"{stats['statistical_verdict']} over {stats['n']} seeds")
     return text
 
 

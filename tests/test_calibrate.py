@@ -33,7 +33,7 @@ def test_at_least_thresholds_and_other_units_get_no_percentage():
     stats = seed_stats([69.5, 70.1], Threshold(">=", 68.26, "tutorial - 2 pt"), "% acc")
     assert stats["worst_margin"] == pytest.approx(1.24) and "worst_margin_pct" not in stats
     line = format_stats("tutorial.kd", [69.5, 70.1], stats)
-    assert line.endswith("worst-seed margin 1.24") and ">= 68.26 (tutorial - 2 pt)" in line
+    assert "worst-seed margin 1.24  std" in line and ">= 68.26 (tutorial - 2 pt)" in line
     assert "% of the threshold" not in format_stats("u", [1.0], seed_stats([1.0], Threshold(">", 0), "furlongs"))
 
 
@@ -87,3 +87,11 @@ def test_calibrate_measures_a_users_own_claims_and_writes_where_told(tmp_path, m
     result = CliRunner().invoke(main, ["--import", "my_claims", "calibrate", "--claims", "my_claims:NOPE",
                                        "--seeds", "0"])
     assert result.exit_code == 1 and "has no attribute 'NOPE'" in result.output
+
+
+def test_several_seeds_also_get_the_statistical_verdict():
+    stats = seed_stats([150, 158, 166], Threshold("<=", 161, "paper x 1.10"), "errors")
+    assert stats["n"] == 3 and stats["std"] == pytest.approx(8.0) and stats["statistical_verdict"] == "INCONCLUSIVE"
+    line = format_stats("hinton.student_hard", [150, 158, 166], stats)
+    assert line.endswith("std 8, 95% bound on the mean 171.5: INCONCLUSIVE over 3 seeds")  # 158 + 2.92 * 8 / sqrt 3
+    assert seed_stats([140, 146, 152], Threshold("<=", 161), "errors")["statistical_verdict"] == "PASS"
