@@ -8,12 +8,13 @@ table and the report of `pytest -n 2` hold what a serial run's hold.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import pytest
 
-from kdverify.cache import ModelRecord
-from kdverify.claims import Verdict
+if TYPE_CHECKING:  # imported when a report carries a verdict: a pytest run without claims never loads torch
+    from kdverify.cache import ModelRecord
+    from kdverify.claims import Verdict
 
 PROPERTY = "kdverify"
 
@@ -52,6 +53,9 @@ class Ledger:
         for name, value in report.user_properties:
             if name != PROPERTY:
                 continue
+            from kdverify.cache import ModelRecord
+            from kdverify.claims import Verdict
+
             entry: dict[str, Any] = value
             if entry["verdict"] is not None:
                 self._verdicts[(report.nodeid, entry["seq"])] = Verdict.from_wire(entry["verdict"])

@@ -20,13 +20,15 @@ import importlib
 import os
 import shlex
 import sys
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import pytest
 
-from kdverify.claims import Claim, Verdict
 from kdverify.errors import DataCorrupt, DataError, first_line
 from kdverify.ledger import Ledger, attach
+
+if TYPE_CHECKING:  # the plugin loads in every pytest run of the environment: torch only when a claim runs
+    from kdverify.claims import Claim, Verdict
 
 LAB_KEY = pytest.StashKey["object"]()
 LEDGER_KEY = pytest.StashKey[Ledger]()

@@ -184,3 +184,15 @@ def test_corrupt_data_fails_even_when_missing_data_may_skip(no_data, tmp_path, m
                                "--kd-require-data", "no")
     result.assert_outcomes(failed=2)
     result.stdout.fnmatch_lines(["*corrupt data: MNIST file train-images-idx3-ubyte*fails its checksum*"])
+
+
+def test_the_plugin_loads_no_torch_in_a_run_without_claims(pytester):
+    """Installed, the plugin is loaded by every pytest run of the environment: it must stay light there."""
+    pytester.makepyfile(test_plain="""
+import sys
+
+def test_unrelated():
+    assert "torch" not in sys.modules, [m for m in sys.modules if m.startswith("kdverify")]
+""")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")  # the entry point loads the plugin
+    result.assert_outcomes(passed=1)
