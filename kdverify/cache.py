@@ -223,7 +223,7 @@ class ModelCache:
     def _load(self, path: Path, recipe: Recipe, key: str, device: torch.device) -> Trained | None:
         """A cache entry, or None when it is unreadable, foreign or its weights no longer match its record."""
         try:
-            ckpt = load_checkpoint(path, map_location=device)
+            ckpt = load_checkpoint(path, map_location=device, accept_unsealed=True)  # numbers re-measured below
             metrics = ckpt.metrics
             if metrics.get("cache_key") != key or metrics.get("weights_sha256") != state_digest(ckpt.model):
                 return None

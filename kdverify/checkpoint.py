@@ -8,6 +8,7 @@ is refused, never executed.
 from __future__ import annotations
 
 import hashlib
+import json
 import io
 import os
 import platform
@@ -24,7 +25,9 @@ from kdverify.errors import CheckpointError, first_line
 from kdverify.models import ARCHITECTURES, TappedModel, build_model
 
 FORMAT = "kdverify-checkpoint"
-FORMAT_VERSION = 2  # 2: a content hash of the tensors, verified on every load
+FORMAT_VERSION = 3  # 2: a content hash of the tensors; 3: a seal over everything else too; verified on every load
+SEALED_SINCE = 3
+_UNSEALED = ("state_dict", "weights_sha256", "payload_sha256")  # what the seal does not hash (the weights have theirs)
 
 
 @dataclass
@@ -82,11 +85,19 @@ def state_digest(model: torch.nn.Module | dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def payload_seal(payload: dict[str, Any]) -> str:
+    """sha256 of every field but the tensors (arch, shapes, classes, normalisation, dataset, recipe, metrics,
+    versions) plus the weights' own digest: one flipped bit anywhere in a checkpoint changes it."""
+    rest = {k: v for k, v in payload.items() if k not in _UNSEALED}
+    text = json.dumps(rest, sort_keys=True, default=repr, separators=(",", ":"))
+    return hashlib.sha256(f"{text}|{payload.get('weights_sha256')}".encode()).hexdigest()
+
+
 def checkpoint_payload(model: TappedModel, arch: str, arch_kwargs: dict[str, Any], dataset: Dataset,
                        recipe: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None) -> dict:
     """The dict that is saved: nothing in it needs a class to unpickle, and its tensors carry their hash."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    return {
+    payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "arch": arch,
@@ -102,6 +113,8 @@ def checkpoint_payload(model: TappedModel, arch: str, arch_kwargs: dict[str, Any
         "metrics": dict(metrics or {}),
         "versions": library_versions(),
     }
+    payload["payload_sha256"] = payload_seal(payload)
+    return payload
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict, force: bool = False) -> Path:
@@ -120,8 +133,14 @@ def save_checkpoint(path: str | os.PathLike, payload: dict, force: bool = False)
     return path
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Checkpoint:
-    """Load and rebuild; every failure is a one-line CheckpointError naming the problem."""
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+                    accept_unsealed: bool = False) -> Checkpoint:
+    """Load and rebuild; every failure is a one-line CheckpointError naming the problem.
+
+    Weights and everything else are verified against their digests. A checkpoint older than format 3 has
+    no seal over its metadata (normalisation, classes, metrics): refused, unless the caller verifies the whole
+    file some other way (`accept_unsealed`: the pinned teachers' manifest sha256) or never believes its
+    metadata (the model cache re-measures a model from its weights)."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file")
@@ -148,10 +167,21 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: no weights (state_dict) in the checkpoint")
     recorded = payload.get("weights_sha256")
-    if int(payload.get("format_version", 1)) >= 2 or recorded is not None:
+    try:
+        version = int(payload.get("format_version", 1))
+    except (TypeError, ValueError):
+        raise CheckpointError(f"{path}: format_version {payload.get('format_version')!r} is not a number") from None
+    if version < SEALED_SINCE and not accept_unsealed and not _is_pinned_file(blob):
+        raise CheckpointError(f"{path}: format {version} (an older kdverify): its normalisation, classes and metrics "
+                              "are not covered by a digest, so they cannot be trusted; train it again with this "
+                              "kdverify")
+    if version >= 2 or recorded is not None:
         if state_digest(state) != recorded:
             raise CheckpointError(f"{path}: its weights do not match their recorded sha256 "
                                   f"({str(recorded)[:16]}): the file is corrupt or was modified; retrain or restore it")
+    if version >= SEALED_SINCE and payload_seal(payload) != payload.get("payload_sha256"):
+        raise CheckpointError(f"{path}: its metadata (normalisation, classes, recipe, metrics) does not match its "
+                              "recorded sha256: the file is corrupt or was modified; retrain or restore it")
     model = _rebuild(path, arch, payload, state)
     model.eval()
     norm = payload.get("normalization", {})
@@ -164,6 +194,14 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         sha256=hashlib.sha256(blob).hexdigest(), weights_sha256=str(recorded or ""),
         dataset=str(payload.get("dataset") or payload.get("recipe", {}).get("dataset") or ""),
     )
+
+
+def _is_pinned_file(blob: bytes) -> bool:
+    """A file whose sha256 is a pinned teacher's in the shipped manifest: verified whole, whatever its format."""
+    from kdverify.pinned import read_manifest
+
+    digest = hashlib.sha256(blob).hexdigest()
+    return any(entry.get("sha256") == digest for entry in read_manifest().values())
 
 
 def _rebuild(path: Path, arch: Any, payload: dict, state: dict[str, torch.Tensor]) -> TappedModel:

@@ -48,7 +48,7 @@ def load_pinned(recipe: Recipe, device: torch.device | str = "cpu", folder: Path
     if entry is None:
         raise KdverifyError(f"no pinned teacher for {recipe.name!r}; pinned: {', '.join(manifest) or 'none'}")
     path = folder / entry["file"]
-    ckpt = load_checkpoint(path, map_location=device)
+    ckpt = load_checkpoint(path, map_location=device)  # format 2, accepted for its sha256 in the manifest
     if ckpt.sha256 != entry["sha256"]:
         raise CheckpointError(f"{path}: sha256 {ckpt.sha256[:16]} does not match the manifest's "
                               f"{entry['sha256'][:16]}: the pinned teacher was altered (reinstall kdverify)")

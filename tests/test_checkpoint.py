@@ -4,7 +4,8 @@ import pickle
 import pytest
 import torch
 
-from kdverify.checkpoint import checkpoint_payload, load_checkpoint, machine_description, save_checkpoint, state_digest
+from kdverify.checkpoint import checkpoint_payload, load_checkpoint, machine_description, payload_seal, save_checkpoint, \
+    state_digest
 from kdverify.errors import CheckpointError
 from kdverify.models import HintonMLP, LightNN, build_model
 
@@ -78,6 +79,7 @@ def test_truncated_missing_dir_foreign_and_mismatched(tiny_mnist, tmp_path):
         load_checkpoint(tmp_path / "foreign.pt")
     payload = _payload(tiny_mnist)
     payload["arch"] = "resnet50"
+    payload["payload_sha256"] = payload_seal(payload)  # self-consistent: a producer that wrote a bad arch
     save_checkpoint(tmp_path / "arch.pt", payload)
     with pytest.raises(CheckpointError, match="unknown architecture 'resnet50'"):
         load_checkpoint(tmp_path / "arch.pt")
@@ -106,9 +108,12 @@ def test_machine_description_names_the_cpu():
     assert f"{os.cpu_count()} CPUs" in text and f"{torch.get_num_threads()} threads" in text
 
 
-def _rewrite(path, edit):
+def _rewrite(path, edit, reseal=True):
+    """Edit a saved checkpoint; resealed by default, as a producer that wrote bad values would have sealed them."""
     payload = torch.load(path, weights_only=True)
     edit(payload)
+    if reseal:
+        payload["payload_sha256"] = payload_seal(payload)
     path.write_bytes(_serialise(payload))
 
 
@@ -191,3 +196,27 @@ def test_state_digest_covers_zero_dim_buffers_and_keeps_old_digests():
 
     teacher = load_checkpoint(TEACHERS_DIR / "hinton-teacher.pt")
     assert state_digest(teacher.model) == read_manifest()["hinton-teacher"]["weights_sha256"]
+
+
+@pytest.mark.parametrize("edit", [
+    lambda p: p["normalization"].update(mean=[0.125]),
+    lambda p: p["metrics"].update(errors=0),
+    lambda p: p["classes"].reverse(),
+    lambda p: p["recipe"].update(name="y"),
+], ids=["normalisation", "metrics", "classes", "recipe"])
+def test_a_changed_bit_of_metadata_is_refused_like_a_changed_weight(tiny_mnist, tmp_path, edit):
+    path = save_checkpoint(tmp_path / "m.pt", _payload(tiny_mnist))
+    _rewrite(path, edit, reseal=False)
+    with pytest.raises(CheckpointError, match="metadata .* does not match its recorded sha256"):
+        load_checkpoint(path)
+
+
+def test_older_formats_without_a_seal_are_refused_unless_verified_otherwise(tiny_mnist, tmp_path):
+    path = save_checkpoint(tmp_path / "m.pt", _payload(tiny_mnist))
+    _rewrite(path, lambda p: (p.pop("payload_sha256"), p.update(format_version=2)), reseal=False)
+    with pytest.raises(CheckpointError, match="format 2 .*not covered by a digest.*train it again"):
+        load_checkpoint(path)
+    assert load_checkpoint(path, accept_unsealed=True).weights_sha256  # the cache re-measures such a model
+    _rewrite(path, lambda p: p.update(format_version="abc"), reseal=False)
+    with pytest.raises(CheckpointError, match="m.pt: format_version 'abc' is not a number"):
+        load_checkpoint(path)

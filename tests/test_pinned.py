@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from kdverify.checkpoint import checkpoint_payload, load_checkpoint, machine_description, save_checkpoint, state_digest
+from kdverify.checkpoint import checkpoint_payload, load_checkpoint, machine_description, payload_seal, \
+    save_checkpoint, state_digest
 from kdverify.errors import CheckpointError, KdverifyError
 from kdverify.pinned import MANIFEST, is_pinned, load_pinned, pin_teacher, read_manifest
 from kdverify.recipes import Recipe
@@ -81,6 +82,7 @@ def test_a_substituted_valid_checkpoint_is_a_manifest_mismatch(trained, tmp_path
     payload = torch.load(pinned, weights_only=True)
     payload["state_dict"] = {k: v.clone() for k, v in ckpt.model.state_dict().items()}
     payload["weights_sha256"] = state_digest(payload["state_dict"])
+    payload["payload_sha256"] = payload_seal(payload)
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     pinned.write_bytes(buffer.getvalue())
