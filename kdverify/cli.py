@@ -23,7 +23,7 @@ import click
 import torch
 
 from kdverify.errors import KdverifyError
-from kdverify.recipes import BUDGETS
+from kdverify.recipes import BUDGETS, MAX_EPOCHS
 
 IMPORT_ENV = "KDVERIFY_IMPORT"
 SEED_MAX = 2**63 - 1  # torch seeds are 64-bit; a larger one would fail only after the data is loaded
@@ -116,6 +116,15 @@ device_option = click.option("--device", default="auto", show_default=True, help
 budget_option = click.option("--budget", type=click.Choice(list(BUDGETS)), default="ci", show_default=True,
                              help="ci/paper: kdverify's fast recipes (ci distils from the pinned teachers); "
                                   "original: the reference work's own recipe.")
+def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    """nan passes every range comparison and inf would switch a check off: a usage error, exit 2."""
+    import math
+
+    if not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a finite number", ctx=ctx, param=param)
+    return value
+
+
 def _load_recipe_files(ctx: click.Context, param: click.Parameter, paths: tuple[str, ...]) -> None:
     """Register the recipes of each TOML file before the command looks its --recipe up."""
     from kdverify.errors import KdverifyError as _Error
@@ -293,7 +302,8 @@ def _training_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--force", is_flag=True, help="Overwrite an existing output."),
         data_root_option, device_option,
         click.option("--seed", type=click.IntRange(0, SEED_MAX), default=None, help="Override the recipe's seed."),
-        click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override the recipe's epochs."),
+        click.option("--epochs", type=click.IntRange(min=1, max=MAX_EPOCHS), default=None,
+                     help="Override the recipe's epochs."),
         deterministic_option,
     ]):
         fn = option(fn)
@@ -388,8 +398,9 @@ def confusion_lines(confusion: torch.Tensor, classes: tuple[str, ...]) -> list[s
               help="Also write an int8 model (<out stem>.int8.onnx), judged by test accuracy.")
 @click.option("--batch-dynamic/--no-batch-dynamic", default=True, show_default=True,
               help="Dynamic batch axis, or a fixed batch of 1.")
-@click.option("--atol", type=click.FloatRange(min=0.0), default=1e-4, show_default=True,
-              help="Largest |logit difference| allowed between ONNX Runtime and PyTorch.")
+@click.option("--atol", type=click.FloatRange(min=0.0, max=1.0), default=1e-4, show_default=True,
+              callback=lambda ctx, param, value: _finite(ctx, param, value),
+              help="Largest |logit difference| allowed between ONNX Runtime and PyTorch (0..1).")
 @click.option("--force", is_flag=True, help="Overwrite existing outputs.")
 @data_root_option
 @_one_line_errors

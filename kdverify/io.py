@@ -98,6 +98,9 @@ def check_writable(path: str | os.PathLike, force: bool = False) -> Path:
         raise KdverifyError(f"{path} is a directory")
     if path.exists() and not force:
         raise KdverifyError(f"{path} exists; pass --force to overwrite it")
+    if path.exists() and not path.is_file():
+        raise KdverifyError(f"{path} is not a regular file (a device, socket or pipe): never replaced, even with "
+                            "--force")
     if not path.parent.is_dir():
         raise KdverifyError(f"output folder {path.parent} does not exist")
     try:

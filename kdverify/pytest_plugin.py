@@ -107,6 +107,9 @@ def _import_user_modules(config: pytest.Config) -> None:
             importlib.import_module(name)
         except ImportError as exc:
             raise pytest.UsageError(f"--kd-import {name}: cannot import it ({exc})") from None
+        except Exception as exc:  # noqa: BLE001 - the user's module raised: one line, not an INTERNALERROR
+            raise pytest.UsageError(f"--kd-import {name}: importing it raised {type(exc).__name__}: "
+                                    f"{first_line(exc)}") from None
 
 
 def _load_recipe_files(config: pytest.Config) -> None:
@@ -124,6 +127,23 @@ def _load_recipe_files(config: pytest.Config) -> None:
             raise pytest.UsageError(f"--kd-recipe-file {path}: {first_line(exc)}") from None
 
 
+def _check_output_folders(config: pytest.Config) -> None:
+    """--kd-report and --kd-cache are folders kdverify writes into: checked before anything is collected or
+    trained (a report that cannot be written after an hour of claims loses the hour)."""
+    for option in ("--kd-report", "--kd-cache"):
+        folder = config.getoption(option)
+        if not folder:
+            continue
+        path = os.path.abspath(folder)
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise pytest.UsageError(f"{option} {folder}: exists and is not a folder")
+        existing = path
+        while not os.path.exists(existing):
+            existing = os.path.dirname(existing)
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise pytest.UsageError(f"{option} {folder}: {existing} is not writable")
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "claims: a reproduction claim; trains (or loads cached) models and "
                                        "checks the published number within its stated tolerance")
@@ -132,6 +152,7 @@ def pytest_configure(config: pytest.Config) -> None:
     _default_to_loadscope(config)
     config.stash[LEDGER_KEY] = Ledger()
     config.pluginmanager.register(config.stash[LEDGER_KEY], "kdverify-ledger")  # gathers verdicts from reports
+    _check_output_folders(config)
     _import_user_modules(config)
     _load_recipe_files(config)
     if config.getoption("--kd-device", "auto") == "cuda":

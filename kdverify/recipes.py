@@ -28,6 +28,7 @@ PINNED_BUDGETS = ("ci",)  # budgets whose teachers come from kdverify/teachers/
 
 
 OPTIMIZERS = ("sgd", "adam")
+MAX_EPOCHS = 1_000_000  # beyond it a typo, not a plan (and torch's step counters would overflow long before)
 SCHEDULES = ("constant", "step", "cosine", "linear")
 
 
@@ -92,6 +93,8 @@ class Recipe:
                 raise bad(name, "must be a non-negative integer")
         if self.epochs < 1 or self.batch_size < 1:
             raise bad("epochs" if self.epochs < 1 else "batch_size", "must be at least 1")
+        if self.epochs > MAX_EPOCHS:
+            raise bad("epochs", f"is more than {MAX_EPOCHS:,} (the works' own recipes run 1000)")
         if not isinstance(self.lr, (int, float)) or isinstance(self.lr, bool) or not 0 < self.lr < float("inf"):
             raise bad("lr", "must be a positive number")
         for name in ("temperature", "soft_weight", "momentum", "weight_decay", "grad_clip", "warmup_epochs",

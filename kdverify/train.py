@@ -65,7 +65,15 @@ def progress_line(recipe: Recipe, record: EpochRecord, test_total: int) -> str:
     left = (recipe.epochs - record.epoch) * record.seconds
     return (f"[{recipe.name} seed {recipe.seed}] epoch {record.epoch:>4}/{recipe.epochs}  loss {record.loss:.4f}  "
             f"test errors {record.test_errors} ({100 * record.test_errors / test_total:.2f}%)  "
-            f"{record.seconds:.1f}s/epoch  ETA {time.strftime('%H:%M:%S', time.gmtime(left))}")
+            f"{record.seconds:.1f}s/epoch  ETA {duration_text(left)}")
+
+
+def duration_text(seconds: float) -> str:
+    """'00:04:26', '3d 01:02:03' past a day (a clock alone wraps every 24 h)."""
+    seconds = int(max(0, seconds))
+    days, rest = divmod(seconds, 86400)
+    clock = f"{rest // 3600:02d}:{rest % 3600 // 60:02d}:{rest % 60:02d}"
+    return f"{days}d {clock}" if days else clock
 
 
 def print_progress(recipe: Recipe, record: EpochRecord, test_total: int) -> None:

@@ -436,3 +436,28 @@ def test_distill_never_writes_over_its_teacher(tmp_path, stand_ins, tiny_mnist):
                  "--force")
     assert_one_line_error(result, "is the teacher checkpoint itself")
     assert stand_ins == [] and teacher.read_bytes() == before
+
+
+@pytest.mark.parametrize("atol", ["nan", "inf", "-1", "2"])
+def test_export_atol_must_be_a_finite_tolerance(tmp_path, atol):
+    result = run("export", str(tmp_path / "m.pt"), "--atol", atol)
+    assert result.exit_code == 2 and "--atol" in result.output and "Traceback" not in result.output
+
+
+def test_force_never_replaces_a_device_node(tmp_path, stand_ins):
+    from kdverify.errors import KdverifyError
+    from kdverify.io import check_writable
+
+    with pytest.raises(KdverifyError, match="/dev/null is not a regular file"):
+        check_writable("/dev/null", force=True)
+    result = run("train", "--recipe", "hinton-student-hard", "--out", "/dev/null", "--force")
+    assert_one_line_error(result, "/dev/null is not a regular file")
+    assert stand_ins == []
+
+
+def test_absurd_epochs_are_usage_errors_and_long_etas_count_days():
+    from kdverify.train import duration_text
+
+    result = run("train", "--recipe", "hinton-student-hard", "--out", "x.pt", "--epochs", str(10**30))
+    assert result.exit_code == 2 and "--epochs" in result.output and "Traceback" not in result.output
+    assert duration_text(266) == "00:04:26" and duration_text(3 * 86400 + 3723) == "3d 01:02:03"

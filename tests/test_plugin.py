@@ -1,5 +1,6 @@
 """The claims plugin, exercised through pytester on generated test files."""
 
+import os
 import pytest
 
 USER_CLAIMS = """
@@ -196,3 +197,20 @@ def test_unrelated():
 """)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")  # the entry point loads the plugin
     result.assert_outcomes(passed=1)
+
+
+def test_bad_plugin_inputs_are_one_line_usage_errors_before_collection(pytester, tmp_path):
+    pytester.makepyfile(boom="raise RuntimeError('boom at import')\n", test_x="def test_x():\n    pass\n")
+    (tmp_path / "a-file").write_text("x")
+    cases = [(["--kd-import", "boom"], "--kd-import boom: importing it raised RuntimeError: boom at import"),
+             (["--kd-report", str(tmp_path / "a-file")], "exists and is not a folder"),
+             (["--kd-cache", str(tmp_path / "a-file")], "exists and is not a folder")]
+    if os.geteuid() != 0:  # root writes anywhere
+        ro = tmp_path / "ro"
+        ro.mkdir(mode=0o500)
+        cases.append((["--kd-cache", str(ro / "cache")], "is not writable"))
+    for args, message in cases:
+        result = pytester.runpytest("-p", "no:cacheprovider", *args)
+        assert result.ret == pytest.ExitCode.USAGE_ERROR, args
+        result.stderr.fnmatch_lines([f"*{message}*"])
+        assert "INTERNALERROR" not in result.stderr.str() + result.stdout.str()
