@@ -136,18 +136,21 @@ def measure_reference(seeds: int, budget: str = "ci", data_root: str | None = No
     entries: dict[str, dict[str, Any]] = {}
     for claim in chosen:
         offsets = list(range(seeds)) if lab.sampled(claim) else [0]  # a teacher's value does not move with seeds
-        unit, values, seconds = claim.one_seed(), [], []
+        unit, values, seconds, trained = claim.one_seed(), [], [], []
         for k in offsets:
             t0 = time.perf_counter()
+            lab._touched = {}
             value = lab.measure_at(unit, k).value
             values.append(value)
             seconds.append(round(time.perf_counter() - t0, 1))
+            trained.append(round(sum(m.seconds for m in lab._touched.values() if m.source != "pinned"), 1))
             print(f"reference  {claim.id:<44} seed +{k}  {value:.6g}", flush=True)
-        entries[claim.id] = {"dataset": lab._dataset_of(claim) or "", "values": values, "seed_offsets": offsets, "seconds": seconds,
+        entries[claim.id] = {"dataset": lab._dataset_of(claim) or "", "values": values, "seed_offsets": offsets,
+                             "seconds": seconds, "train_seconds": trained,
                              "recipes": recipe_fingerprints(claim, budget), "threshold": str(claim.threshold),
                              "gated": claim.gated and not claim.xfail}
     datasets = {name: {"variant": d.variant, "checksum": d.checksum} for name, d in lab._datasets.items()}
-    data = {"format": FORMAT, "path": target.stem, "budget": budget,
+    data = {"format": FORMAT, "path": path_name(settings), "budget": budget,
             "provenance": {**settings, "machine": machine_description(lab.device), "kdverify": kdverify.__version__,
                            "trainer": TRAINER_VERSION, "data": datasets, "seconds": round(time.perf_counter() - started),
                            "made": datetime.date.today().isoformat(),

@@ -82,8 +82,14 @@ def budget_note(verdicts: Sequence[Verdict]) -> str:
     """Says plainly what the thresholds are, how the budget obtained its models, and what the data is."""
     if not verdicts:
         return ""
-    notes = [("Thresholds are the published numbers with the stated tolerance (column `rule`), fixed before "
-              "measuring and the same in every budget; budgets differ only in how the models are obtained.")]
+    published = [v for v in verdicts if v.claim.paper_value is not None]
+    if published:
+        notes = [("Thresholds are the published numbers with the stated tolerance (column `rule`), fixed before "
+                  "measuring and the same in every budget; budgets differ only in how the models are obtained.")]
+    else:
+        notes = ["Thresholds are the claims' own (column `rule`): none of these claims has a published number."]
+    if published and len(published) < len(verdicts):
+        notes[0] += " Claims without a published number (paper `-`) carry their own threshold."
     pinned = any(": pinned (" in v.provenance for v in verdicts)
     for budget in sorted({v.budget for v in verdicts}):
         if budget == "ci" and not pinned:  # a user's own claims: no pinned teacher behind any of them
@@ -256,7 +262,8 @@ def write_pictures(folder: Path, models: Sequence[Trained], verdicts: Sequence[V
         ax.set_ylabel("test error %")
         if dataset == "mnist":
             ax.set_yscale("log")
-        ax.set_title(f"{dataset}: test errors per epoch (dashed: the paper's number)")
+        dashed = any(name in paper for name in colours)
+        ax.set_title(f"{dataset}: test errors per epoch" + (" (dashed: the paper's number)" if dashed else ""))
         ax.legend(fontsize=6)
         fig.tight_layout()
         written.append(_save(fig, folder / f"curves-{dataset}.png"))

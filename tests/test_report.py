@@ -1,5 +1,6 @@
 """The claims report: table, summary counts, budget note, Markdown/JSON files, the papers' lines on the curves."""
 
+import dataclasses
 import json
 
 import pytest
@@ -182,3 +183,11 @@ def test_seeded_claims_train_each_seed_once_at_the_labs_offset(tmp_path):
     m = mean_accuracy_gain(lab, "tutorial-lightnn-kd", "tutorial-lightnn", seeds=3)
     assert sorted({seed for name, seed in asked if name != "tutorial-deepnn"}) == [base + 3, base + 4, base + 5]
     assert m.value > 0  # 400 errors beat 500 at every seed
+
+
+def test_a_users_claims_without_published_numbers_are_not_called_published():
+    mine = dataclasses.replace(_claim("my.own"), paper_value=None)
+    note = budget_note([_verdict(mine, "PASS")])
+    assert "Thresholds are the published numbers" not in note and "none of these claims has a published number" in note
+    text = markdown([_verdict(mine, "PASS")], [], [])
+    assert "Confusion matrices" not in text
