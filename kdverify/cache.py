@@ -172,7 +172,11 @@ class ModelCache:
         result = fit(recipe, dataset, teacher=teacher.model if teacher else None, progress=self.progress)
         metrics = result_metrics(result, key)
         payload = checkpoint_payload(result.model, recipe.arch, result.arch_kwargs, dataset, recipe.to_dict(), metrics)
-        save_checkpoint(path, payload, force=True)  # atomic rename: a reader of the old entry keeps its inode
+        try:
+            save_checkpoint(path, payload, force=True)  # atomic rename: a reader of the old entry keeps its inode
+        except CheckpointError as exc:  # a full disk, a folder gone read-only: the session keeps the model
+            self._say(f"{exc}; {recipe.name} seed {recipe.seed} is used from memory this session (not cached: it "
+                      "trains again next time)")
         return Trained(recipe, key, result.evaluation, result.history, result.seconds, "trained",
                        metrics["weights_sha256"], metrics["machine"], metrics["settings"], model=result.model)
 

@@ -18,13 +18,20 @@ def test_an_edited_confusion_matrix_in_a_cache_entry_changes_no_number(tmp_path)
     recipe = get_recipe("tiny-hard", "paper")
     trained = ModelCache(tmp_path, datasets, "paper", progress=None).get(recipe)
     (entry,) = tmp_path.glob("tiny-hard-*.pt")
-    payload = torch.load(entry, weights_only=True)
-    payload["metrics"]["test"]["confusion"] = torch.eye(10, dtype=torch.long).mul(20).tolist()  # "0 errors"
-    torch.save(payload, entry)
-    again = ModelCache(tmp_path, datasets, "paper", progress=None).get(recipe)
-    assert again.source == "cache"  # the weights still verify: the entry is used ...
-    assert again.evaluation.errors == trained.evaluation.errors  # ... and measured again, not believed
-    assert torch.equal(again.evaluation.confusion, trained.evaluation.confusion)
+    sealed = torch.load(entry, weights_only=True)
+    for old_format in (False, True):
+        payload = {k: v for k, v in sealed.items()}
+        payload["metrics"] = {**sealed["metrics"], "test": {**sealed["metrics"]["test"], "confusion": torch.eye(
+            10, dtype=torch.long).mul(20).tolist()}}  # "0 errors"
+        if old_format:  # a format-2 entry: no seal over its metrics, only its weights' digest
+            payload.pop("payload_sha256")
+            payload["format_version"] = 2
+        torch.save(payload, entry)
+        again = ModelCache(tmp_path, datasets, "paper", progress=None).get(recipe)
+        # sealed: the edit breaks the seal and the entry is retrained; unsealed: loaded, and measured again
+        assert again.source == ("cache" if old_format else "trained")
+        assert again.evaluation.errors == trained.evaluation.errors  # never the stored "0 errors"
+        assert torch.equal(again.evaluation.confusion, trained.evaluation.confusion)
 
 
 def test_a_student_recipe_whose_teacher_learns_other_data_is_refused_before_training(monkeypatch):
@@ -42,3 +49,19 @@ def test_a_student_recipe_whose_teacher_learns_other_data_is_refused_before_trai
     cache = ModelCache(None, {"tiny": load_dataset("tiny")}, "paper", progress=None)
     with pytest.raises(KdverifyError, match="distils on 'tiny' from hinton-teacher, which trains on 'mnist'"):
         cache.get(get_recipe("tiny-kd-mnist-teacher", "paper"))
+
+
+def test_a_cache_that_cannot_be_written_keeps_the_trained_model_for_the_session(tmp_path, monkeypatch):
+    from kdverify import cache as cache_module
+    from kdverify.errors import CheckpointError
+
+    def disk_full(path, payload, force=False):
+        raise CheckpointError(f"cannot write {path}: No space left on device")
+
+    said = []
+    monkeypatch.setattr(cache_module, "save_checkpoint", disk_full)
+    cache = ModelCache(tmp_path, {"tiny": load_dataset("tiny")}, "paper", progress=None, say=said.append)
+    trained = cache.get(get_recipe("tiny-hard", "paper"))
+    assert trained.source == "trained" and trained.model is not None and trained.evaluation.total == 200
+    assert "No space left on device" in said[0] and "used from memory this session" in said[0]
+    assert not list(tmp_path.glob("*.pt"))
