@@ -14,7 +14,7 @@ import os
 import platform
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -182,6 +182,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if version >= SEALED_SINCE and payload_seal(payload) != payload.get("payload_sha256"):
         raise CheckpointError(f"{path}: its metadata (normalisation, classes, recipe, metrics) does not match its "
                               "recorded sha256: the file is corrupt or was modified; retrain or restore it")
+    _check_fields(path, payload)
     model = _rebuild(path, arch, payload, state)
     model.eval()
     norm = payload.get("normalization", {})
@@ -194,6 +195,47 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         sha256=hashlib.sha256(blob).hexdigest(), weights_sha256=str(recorded or ""),
         dataset=str(payload.get("dataset") or payload.get("recipe", {}).get("dataset") or ""),
     )
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+_FIELD_RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {  # field -> (what it must be, test)
+    "arch": ("a string", lambda v: isinstance(v, str)),
+    "arch_kwargs": ("a mapping", lambda v: isinstance(v, dict)),
+    "input_shape": ("a list of positive integers", lambda v: isinstance(v, (list, tuple)) and bool(v) and all(
+        isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in v)),
+    "classes": ("a list of class names", lambda v: isinstance(v, (list, tuple)) and all(isinstance(c, str) for c in v)),
+    "normalization": ("a mapping of mean and std lists", lambda v: isinstance(v, dict) and all(
+        isinstance(v.get(k), (list, tuple)) and v.get(k) and all(_is_number(x) for x in v[k]) for k in ("mean", "std"))),
+    "dataset": ("a string", lambda v: isinstance(v, str)),
+    "dataset_variant": ("a string", lambda v: isinstance(v, str)),
+    "recipe": ("a mapping", lambda v: isinstance(v, dict)),
+    "metrics": ("a mapping", lambda v: isinstance(v, dict)),
+    "versions": ("a mapping", lambda v: isinstance(v, dict)),
+}
+
+
+def _check_fields(path: Path, payload: dict) -> None:
+    """Every described field has the type its readers expect: a malformed one is a line naming it, never a
+    TypeError or AttributeError from deep inside evaluate or export."""
+    for name, (what, ok) in _FIELD_RULES.items():
+        if name in payload and not ok(payload[name]):
+            raise CheckpointError(f"{path}: field {name!r} must be {what}, not {str(payload[name])[:60]!r}")
+    missing = [k for k in ("arch", "input_shape", "normalization") if k not in payload]
+    if missing:
+        raise CheckpointError(f"{path}: missing field(s) {', '.join(missing)}")
+
+
+def checkpoint_fits_data(ckpt: "Checkpoint", dataset: Dataset, what: str) -> None:
+    """A checkpoint evaluated (or exported, or used as a teacher) on a dataset must have that data's classes and
+    input shape: an MLP labelled cifar10 is a line, not a matrix-multiplication error."""
+    shape = tuple(dataset.test.images.shape[1:])
+    if len(ckpt.classes) != len(dataset.classes) or tuple(ckpt.input_shape) != shape:
+        raise CheckpointError(f"{what} has {len(ckpt.classes)} classes and inputs {tuple(ckpt.input_shape)}; "
+                              f"{dataset.name!r} ({dataset.variant}) has {len(dataset.classes)} classes and inputs "
+                              f"{shape}")
 
 
 def _is_pinned_file(blob: bytes) -> bool:

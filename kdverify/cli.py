@@ -286,11 +286,9 @@ def teacher_fits_student(ckpt: Any, recipe: Any, teacher_path: str, dataset: Any
         raise KdverifyError(f"{teacher_path} was trained on {ckpt.dataset!r}; recipe {recipe.name} distils on "
                             f"{recipe.dataset!r}: the teacher must have learnt the student's data")
     if dataset is not None:
-        shape = tuple(dataset.test.images.shape[1:])
-        if len(ckpt.classes) != len(dataset.classes) or tuple(ckpt.input_shape) != shape:
-            raise KdverifyError(f"{teacher_path} has {len(ckpt.classes)} classes and inputs "
-                                f"{tuple(ckpt.input_shape)}; {recipe.dataset!r} as loaded has "
-                                f"{len(dataset.classes)} classes and inputs {shape}")
+        from kdverify.checkpoint import checkpoint_fits_data
+
+        checkpoint_fits_data(ckpt, dataset, teacher_path)
 
 
 def _training_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -339,7 +337,7 @@ def distill_command(teacher_path: str, recipe_name: str, budget: str, out: str, 
 @_one_line_errors
 def evaluate_command(checkpoint: str, data_root: str | None, device: str, deterministic: bool) -> None:
     """Test errors, per-class errors and confusion matrix of a checkpoint on real data."""
-    from kdverify.checkpoint import load_checkpoint
+    from kdverify.checkpoint import checkpoint_fits_data, load_checkpoint
     from kdverify.data import load_dataset
     from kdverify.train import evaluate
 
@@ -351,6 +349,7 @@ def evaluate_command(checkpoint: str, data_root: str | None, device: str, determ
     if not ckpt.dataset:
         raise KdverifyError(f"{checkpoint} does not name the dataset it was trained on (written by an old kdverify?)")
     dataset = load_dataset(ckpt.dataset, data_root, dev)
+    checkpoint_fits_data(ckpt, dataset, checkpoint)
     ev = evaluate(ckpt.model.to(dev), dataset.test, ckpt.mean, ckpt.std)
     click.echo(f"{checkpoint}: {ckpt.arch} on {dataset.variant}: {ev.errors}/{ev.total} errors "
                f"({100 * ev.error_rate:.2f}%)")

@@ -519,6 +519,9 @@ def split_holdout(split: Split, size: int) -> tuple[Split, Split]:
     """The last `size` examples become a held-out slice (for tuning without touching test)."""
     if size <= 0:
         return split, split.take(torch.arange(0, device=split.labels.device))
+    if size >= len(split):
+        raise ValueError(f"holdout = {size:,} leaves nothing to train on: the training split has {len(split):,} "
+                         "examples (after the transfer-set filters)")
     n = len(split) - size
     return split.take(torch.arange(n, device=split.labels.device)), \
         split.take(torch.arange(n, len(split), device=split.labels.device))

@@ -219,9 +219,10 @@ def _load_data(ckpt: Checkpoint, data_root: str | None, int8: bool, log: Callabl
                           "unusable data)") from None
     except OSError as exc:
         raise ExportError(f"cannot read {name} data: {describe_os_error(exc)}") from None
-    if tuple(dataset.input_shape) != tuple(ckpt.input_shape):
-        raise ExportError(f"{dataset.variant} images are {tuple(dataset.input_shape)}, but the model takes "
-                          f"{tuple(ckpt.input_shape)}: the checkpoint does not fit its own dataset")
+    if tuple(dataset.input_shape) != tuple(ckpt.input_shape) or len(dataset.classes) != len(ckpt.classes):
+        raise ExportError(f"{dataset.variant} images are {tuple(dataset.input_shape)} in {len(dataset.classes)} "
+                          f"classes, but the model takes {tuple(ckpt.input_shape)} and has {len(ckpt.classes)}: the "
+                          "checkpoint does not fit its own dataset")
     return dataset
 
 

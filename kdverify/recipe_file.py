@@ -73,6 +73,30 @@ def _recipe(path: Path, name: str, table: dict[str, Any], base: dict[str, Any] |
         raise RecipeFileError(f"{path}: {message}") from None
 
 
+def _check_arch_kwargs(path: Path, recipe: Recipe) -> None:
+    """arch_kwargs the constructor does not take, or values it refuses (hidden = -5), are a line naming the file,
+    recipe and field now, not a torch error after the data has loaded. Built on the meta device: costs nothing."""
+    import inspect
+
+    import torch
+
+    from kdverify.models import ARCHITECTURES
+
+    factory = ARCHITECTURES.lookup(recipe.arch)
+    try:
+        inspect.signature(factory).bind_partial(**recipe.arch_kwargs)
+    except TypeError as exc:
+        raise RecipeFileError(f"{path}: recipe {recipe.name!r}: arch_kwargs: {recipe.arch} {exc}") from None
+    try:
+        with torch.device("meta"):
+            factory(**recipe.arch_kwargs)
+    except TypeError:
+        return  # it needs the data's shape arguments too: checked when the data is there
+    except (ValueError, RuntimeError, OverflowError) as exc:
+        raise RecipeFileError(f"{path}: recipe {recipe.name!r}: arch_kwargs {recipe.arch_kwargs} are refused by "
+                              f"{recipe.arch}: {str(exc).strip().splitlines()[0][:200]}") from None
+
+
 def read_recipe_file(path: str | os.PathLike) -> list[tuple[Recipe, Recipe]]:
     """(fast, original) recipe pairs of a TOML file, validated, not yet registered."""
     path = Path(path)
@@ -103,6 +127,7 @@ def read_recipe_file(path: str | os.PathLike) -> list[tuple[Recipe, Recipe]]:
             if value not in registry:
                 raise RecipeFileError(f"{path}: recipe {fast.name!r}: unknown {kind} {value!r} (known: "
                                       f"{', '.join(registry)}); --import the module that registers it")
+        _check_arch_kwargs(path, fast)
         if fast.teacher and fast.teacher not in names and fast.teacher not in RECIPES:
             raise RecipeFileError(f"{path}: recipe {fast.name!r}: teacher {fast.teacher!r} is neither in this file "
                                   "nor registered")

@@ -151,10 +151,10 @@ def test_every_checkpoint_carries_the_hash_of_its_tensors(tiny_mnist, tmp_path):
     (lambda p: p["arch_kwargs"].update(hidden=-5), "bad constructor arguments for hinton_mlp"),
     (lambda p: p["arch_kwargs"].update(hidden=10 ** 7), "weights do not fit hinton_mlp"),
     (lambda p: p["arch_kwargs"].update(bogus=1), "bad constructor arguments"),
-    (lambda p: p.update(arch_kwargs=[1, 2]), "constructor arguments of hinton_mlp are not a mapping"),
+    (lambda p: p.update(arch_kwargs=[1, 2]), "field 'arch_kwargs' must be a mapping"),
     (lambda p: p.update(input_shape=[3, 32, 32]), "does not accept its recorded input shape \\[3, 32, 32\\]"),
-    (lambda p: p.update(input_shape=[1, -28, 28]), "does not accept its recorded input shape"),
-    (lambda p: p.update(input_shape="x"), "does not accept its recorded input shape"),
+    (lambda p: p.update(input_shape=[1, -28, 28]), "field 'input_shape' must be a list of positive integers"),
+    (lambda p: p.update(input_shape="x"), "field 'input_shape' must be a list of positive integers"),
     (lambda p: p.update(classes=["a", "b"]), "has 10 outputs but 2 classes are recorded"),
     (lambda p: p.update(state_dict=None), "no weights"),
 ])
@@ -220,3 +220,35 @@ def test_older_formats_without_a_seal_are_refused_unless_verified_otherwise(tiny
     _rewrite(path, lambda p: p.update(format_version="abc"), reseal=False)
     with pytest.raises(CheckpointError, match="m.pt: format_version 'abc' is not a number"):
         load_checkpoint(path)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("input_shape", None, "field 'input_shape' must be a list of positive integers"),
+    ("normalization", [0.5], "field 'normalization' must be a mapping of mean and std lists"),
+    ("normalization", {"mean": [None], "std": [0.5]}, "field 'normalization' must be a mapping"),
+    ("classes", "0123456789", "field 'classes' must be a list of class names"),
+    ("metrics", [], "field 'metrics' must be a mapping"),
+])
+def test_malformed_fields_are_one_line_errors_naming_the_field(tiny_mnist, tmp_path, field, value, message):
+    path = save_checkpoint(tmp_path / "m.pt", _payload(tiny_mnist))
+    _rewrite(path, lambda p: p.__setitem__(field, value))
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(path)
+
+
+def test_a_checkpoint_that_does_not_fit_the_data_it_names_is_one_line(tiny_mnist, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from kdverify import data as data_module
+    from kdverify.cli import main
+
+    path = save_checkpoint(tmp_path / "m.pt", _payload(tiny_mnist))
+    _rewrite(path, lambda p: p.update(dataset="cifar10"))
+    cifar_like = tiny_mnist.__class__(**{**vars(tiny_mnist), "name": "cifar10", "train": tiny_mnist.train,
+                                         "test": type(tiny_mnist.test)(torch.zeros(4, 3, 32, 32, dtype=torch.uint8),
+                                                                       torch.zeros(4, dtype=torch.long))})
+    monkeypatch.setattr(data_module, "load_dataset", lambda name, root=None, device="cpu": cifar_like)
+    result = CliRunner().invoke(main, ["evaluate", str(path)])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "m.pt has 10 classes and inputs (1, 28, 28); 'cifar10' (synthetic) has 10 classes and inputs (3, 32, 32)" \
+        in result.output

@@ -316,7 +316,7 @@ def test_signal_removes_temporaries_and_says_so(tmp_path, signum, code):
     assert proc.returncode == code, stderr
     assert "kdverify: interrupted; nothing was written" in stderr and "Traceback" not in stderr
     assert list(out.parent.iterdir()) == []
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 20  # promptly, not after the 30 s the stand-in works (slack for a busy CPU)
 
 
 def test_sigterm_handler_is_restored_after_the_command():
@@ -425,7 +425,7 @@ def test_distill_refuses_a_teacher_with_other_classes_before_training(tmp_path, 
                                                                                          "num_classes": 2},
                                                                     two, recipe.to_dict()))
     result = run("distill", "--teacher", str(teacher), "--recipe", "hinton-student-kd", "--out", str(tmp_path / "s.pt"))
-    assert_one_line_error(result, "t.pt has 2 classes and inputs (1, 28, 28); 'mnist' as loaded has 10 classes")
+    assert_one_line_error(result, "t.pt has 2 classes and inputs (1, 28, 28); 'mnist' (synthetic) has 10 classes")
     assert stand_ins == ["load"] and not (tmp_path / "s.pt").exists()
 
 

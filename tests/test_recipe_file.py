@@ -103,3 +103,25 @@ def test_cli_recipes_lists_a_file_and_rejects_a_bad_one(tmp_path, registry):
     assert result.exit_code == 2 and "unknown field(s) learning_rate" in result.output
     result = CliRunner().invoke(main, ["recipes", "--recipe-file", str(tmp_path / "none.toml")])
     assert result.exit_code == 2 and "cannot read" in result.output
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ("{ hidden = -5 }", "arch_kwargs {'hidden': -5} are refused by hinton_mlp"),
+    ("{ hiden = 100 }", "arch_kwargs: hinton_mlp got an unexpected keyword argument 'hiden'"),
+])
+def test_bad_constructor_arguments_name_the_file_recipe_and_field(tmp_path, kwargs, message):
+    from kdverify.recipe_file import RecipeFileError, read_recipe_file
+
+    path = tmp_path / "r.toml"
+    path.write_text(f'[mine]\ndataset = "mnist"\narch = "hinton_mlp"\nepochs = 1\nlr = 0.1\narch_kwargs = {kwargs}\n')
+    with pytest.raises(RecipeFileError) as info:
+        read_recipe_file(path)
+    assert str(info.value).startswith(f"{path}: recipe 'mine': ") and message in str(info.value), str(info.value)
+
+
+def test_a_holdout_larger_than_the_training_split_is_one_line(tiny_mnist):
+    from kdverify.data import split_holdout
+
+    with pytest.raises(ValueError, match="holdout = 1,000,000,000 leaves nothing to train on: the training split has "
+                                         "2,000 examples"):
+        split_holdout(tiny_mnist.train, 10**9)
