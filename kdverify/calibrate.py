@@ -152,7 +152,8 @@ def measure_reference(seeds: int, budget: str = "ci", data_root: str | None = No
     datasets = {name: {"variant": d.variant, "checksum": d.checksum} for name, d in lab._datasets.items()}
     data = {"format": FORMAT, "path": path_name(settings), "budget": budget,
             "provenance": {**settings, "machine": machine_description(lab.device), "kdverify": kdverify.__version__,
-                           "trainer": TRAINER_VERSION, "data": datasets, "seconds": round(time.perf_counter() - started),
+                           "trainer": TRAINER_VERSION, "data": datasets,
+                           "seconds": round(time.perf_counter() - started),
                            "made": datetime.date.today().isoformat(),
                            "command": f"kdverify reference --seeds {seeds} --budget {budget}"},
             "claims": entries}

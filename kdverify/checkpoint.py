@@ -208,7 +208,8 @@ _FIELD_RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {  # field -> (what
         isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in v)),
     "classes": ("a list of class names", lambda v: isinstance(v, (list, tuple)) and all(isinstance(c, str) for c in v)),
     "normalization": ("a mapping of mean and std lists", lambda v: isinstance(v, dict) and all(
-        isinstance(v.get(k), (list, tuple)) and v.get(k) and all(_is_number(x) for x in v[k]) for k in ("mean", "std"))),
+        isinstance(v.get(k), (list, tuple)) and v.get(k) and all(_is_number(x) for x in v[k])
+        for k in ("mean", "std"))),
     "dataset": ("a string", lambda v: isinstance(v, str)),
     "dataset_variant": ("a string", lambda v: isinstance(v, str)),
     "recipe": ("a mapping", lambda v: isinstance(v, dict)),

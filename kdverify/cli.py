@@ -148,8 +148,9 @@ deterministic_option = click.option(
 @click.group()
 @click.version_option(package_name="kdverify")
 @click.option("--import", "imports", multiple=True, metavar="MODULE",
-              help=f"Import MODULE first (repeatable; found on sys.path, then in the current directory), e.g. one that registers "
-                   f"models, datasets or recipes. ${IMPORT_ENV}: comma-separated modules, imported before these.")
+              help=f"Import MODULE first (repeatable; found on sys.path, then in the current directory), e.g. one "
+                   f"that registers models, datasets or recipes. ${IMPORT_ENV}: comma-separated modules, imported "
+                   "before these.")
 @click.pass_context
 def main(ctx: click.Context, imports: tuple[str, ...]) -> None:
     """Reproduce knowledge-distillation claims and ship verified students."""

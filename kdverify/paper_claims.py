@@ -76,7 +76,8 @@ CLAIMS: list[Claim] = [
     _errors("hinton.no3.bias_searched_holdout_on_3", HINTON,
             "no-3 student, 3's bias shift searched on held-out training images: errors on 3s (reported)", 14,
             metric="shifted_errors", unit="errors on 3s", recipe=NO3, classes=[3], shift="holdout", cls=3,
-            gated=False, note=NO3_STUDENT_DIFFERS + " The shift a held-out search picks (about +1.3) lands where the 3s' "
+            gated=False, note=NO3_STUDENT_DIFFERS + " The shift a held-out search picks (about +1.3) lands where "
+            "the 3s' "
             "count moves by several errors from one numeric path to the next (13 with AVX2 kernels, 17 with AVX-512, "
             "seed 0; threshold 15): shown, not gated. The paper's own shift is gated on 3s (bias35_on_3), and the "
             "held-out shift is gated on what it is for: total errors (bias_searched_holdout, "

@@ -4,8 +4,8 @@ import pickle
 import pytest
 import torch
 
-from kdverify.checkpoint import checkpoint_payload, load_checkpoint, machine_description, payload_seal, save_checkpoint, \
-    state_digest
+from kdverify.checkpoint import checkpoint_payload, load_checkpoint, machine_description, payload_seal, \
+    save_checkpoint, state_digest
 from kdverify.errors import CheckpointError
 from kdverify.models import HintonMLP, LightNN, build_model
 

@@ -1,6 +1,7 @@
 """The claims plugin, exercised through pytester on generated test files."""
 
 import os
+
 import pytest
 
 USER_CLAIMS = """
