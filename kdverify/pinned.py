@@ -11,19 +11,19 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from kdverify.checkpoint import Checkpoint, load_checkpoint, state_digest
-from kdverify.io import atomic_write_bytes
 from kdverify.errors import CheckpointError, KdverifyError
+from kdverify.io import atomic_write_bytes, describe_os_error
 from kdverify.recipes import Recipe
 
 TEACHERS_DIR = Path(__file__).with_name("teachers")
 MANIFEST = "manifest.json"
+MANIFEST_FIELDS = ("file", "sha256", "fingerprint")  # what loading a pinned teacher reads
 
 
 def read_manifest(folder: Path = TEACHERS_DIR) -> dict[str, dict[str, Any]]:
@@ -32,9 +32,17 @@ def read_manifest(folder: Path = TEACHERS_DIR) -> dict[str, dict[str, Any]]:
     if not path.is_file():
         return {}
     try:
-        return json.loads(path.read_text())["teachers"]
-    except (ValueError, KeyError) as exc:
+        teachers = json.loads(path.read_text())["teachers"]
+    except (ValueError, KeyError, TypeError) as exc:
         raise KdverifyError(f"{path} is not a readable teacher manifest: {exc}") from None
+    for name, entry in teachers.items() if isinstance(teachers, dict) else []:
+        missing = [k for k in MANIFEST_FIELDS if not isinstance(entry, dict) or not isinstance(entry.get(k), str)]
+        if missing:
+            raise KdverifyError(f"{path}: entry {name!r} lacks {', '.join(missing)}: the manifest was edited or "
+                                "truncated (reinstall kdverify)")
+    if not isinstance(teachers, dict):
+        raise KdverifyError(f"{path} is not a readable teacher manifest: 'teachers' is not a mapping")
+    return teachers
 
 
 def is_pinned(recipe_name: str, folder: Path = TEACHERS_DIR) -> bool:
@@ -73,10 +81,11 @@ def pin_teacher(checkpoint: str | os.PathLike, recipe: Recipe, trainer_version: 
     if recipe.name in manifest and not force:
         raise KdverifyError(f"{recipe.name} is already pinned; pass --force to replace it")
     target = folder / f"{recipe.name}.pt"
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    shutil.copyfile(checkpoint, tmp)
-    os.replace(tmp, target)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(target, Path(checkpoint).read_bytes())
+    except OSError as exc:
+        raise KdverifyError(f"cannot pin into {folder}: {describe_os_error(exc)}") from None
     test = ckpt.metrics.get("test", {})
     manifest[recipe.name] = {
         "file": target.name, "sha256": ckpt.sha256, "weights_sha256": state_digest(ckpt.model),
@@ -85,5 +94,8 @@ def pin_teacher(checkpoint: str | os.PathLike, recipe: Recipe, trainer_version: 
         "train_seconds": round(float(ckpt.metrics.get("train_seconds", 0.0)), 1), "machine": machine,
         "torch": ckpt.versions.get("torch"), "kdverify": ckpt.versions.get("kdverify"),
     }
-    atomic_write_bytes(folder / MANIFEST, (json.dumps({"teachers": manifest}, indent=2) + "\n").encode())
+    try:
+        atomic_write_bytes(folder / MANIFEST, (json.dumps({"teachers": manifest}, indent=2) + "\n").encode())
+    except OSError as exc:
+        raise KdverifyError(f"cannot write {folder / MANIFEST}: {describe_os_error(exc)}") from None
     return manifest[recipe.name]

@@ -96,4 +96,12 @@ class Registry(dict, Generic[T]):
 
 
 def describe(obj: Any) -> str:
-    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', getattr(obj, 'name', repr(obj)))}"
+    """A short name for what is registered: module.qualname of a function or class, else its `name`, else its
+    type (a recipe pair is a dict: never its whole repr on one error line)."""
+    if hasattr(obj, "__qualname__"):
+        return f"{getattr(obj, '__module__', '?')}.{obj.__qualname__}"
+    if isinstance(obj, dict) and obj:
+        obj = next(iter(obj.values()))
+    named = getattr(obj, "name", None)
+    where = getattr(type(obj), "__module__", "?")
+    return f"{where}.{type(obj).__qualname__} {named!r}" if named is not None else f"a {type(obj).__qualname__}"

@@ -122,3 +122,17 @@ def test_an_unreadable_manifest_is_one_clear_error(tmp_path):
     (tmp_path / MANIFEST).write_text("{not json")
     with pytest.raises(KdverifyError, match="is not a readable teacher manifest"):
         read_manifest(tmp_path)
+
+
+def test_a_manifest_entry_without_its_file_is_one_line(tmp_path):
+    folder = tmp_path / "teachers"
+    folder.mkdir()
+    (folder / MANIFEST).write_text(json.dumps({"teachers": {"tiny-teacher": {"sha256": "ab", "fingerprint": "cd"}}}))
+    with pytest.raises(KdverifyError, match="entry 'tiny-teacher' lacks file: the manifest was edited"):
+        load_pinned(RECIPE, "cpu", folder)
+
+
+def test_pin_into_a_place_that_cannot_hold_it_is_one_line(trained, tmp_path):
+    (tmp_path / "a-file").write_text("x")  # unwritable even for root: a folder cannot be made inside a file
+    with pytest.raises(KdverifyError, match="cannot pin into .*a-file/teachers"):
+        _pin(trained, tmp_path / "a-file" / "teachers")

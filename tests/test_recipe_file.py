@@ -87,8 +87,9 @@ def test_mistakes_are_one_line_errors_naming_file_recipe_and_field(tmp_path, reg
 def test_a_file_cannot_silently_replace_a_builtin(tmp_path, registry):
     path = tmp_path / "r.toml"
     path.write_text("[hinton-teacher]\n" + BASE)
-    with pytest.raises(RecipeFileError, match="recipe 'hinton-teacher' is already registered"):
+    with pytest.raises(RecipeFileError, match="recipe 'hinton-teacher' is already registered") as info:
         load_recipe_file(path)
+    assert "give yours another name" in str(info.value) and len(str(info.value)) < 300  # not the recipe's repr
 
 
 def test_cli_recipes_lists_a_file_and_rejects_a_bad_one(tmp_path, registry):
