@@ -143,10 +143,12 @@ def _refuse_source(checkpoint: Path, targets: list[Path]) -> None:
 def _check_output(path: Path, force: bool, create_parent: bool) -> None:
     """Every reason the write could fail, before any work is done."""
     if create_parent and not path.parent.exists():
-        try:
-            path.parent.mkdir(parents=True)
-        except OSError as exc:
-            raise ExportError(f"cannot create output folder {path.parent}: {describe_os_error(exc)}") from None
+        ancestor = path.parent
+        while not ancestor.exists():
+            ancestor = ancestor.parent
+        if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+            raise ExportError(f"cannot create output folder {path.parent}: {ancestor} is not a writable folder")
+        return  # made when the files are written: an export that fails leaves no empty folder behind
     if path.parent.is_dir() and not os.access(path.parent, os.W_OK | os.X_OK):
         raise ExportError(f"output folder {path.parent} is not writable")
     try:

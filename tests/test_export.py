@@ -227,6 +227,18 @@ def test_default_output_goes_to_exports(mlp_ckpt, tmp_path, monkeypatch):
     assert result.output.strip().splitlines()[-1].startswith("exported exports/mlp.onnx: ")
 
 
+def test_a_failed_export_leaves_no_empty_exports_folder(mlp_ckpt, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+
+    def unusable_data(*args, **kwargs):
+        raise ex.ExportError("MNIST is corrupt (a stand-in failure after the output checks)")
+
+    monkeypatch.setattr(ex, "_load_data", unusable_data)
+    result = CliRunner().invoke(main, ["export", str(mlp_ckpt)])
+    assert result.exit_code == 1 and "MNIST is corrupt" in result.output
+    assert not (tmp_path / "exports").exists()
+
+
 def test_ort_session_settings(mlp_ckpt, tmp_path):
     out = tmp_path / "m.onnx"
     _export(mlp_ckpt, out, tmp_path)
