@@ -27,6 +27,7 @@ import torch
 from kdverify.checkpoint import CheckpointError, checkpoint_payload, load_checkpoint, machine_description, \
     save_checkpoint, state_digest
 from kdverify.data import Dataset, default_cache_dir
+from kdverify.compat import check_distillation
 from kdverify.determinism import cache_key_settings, numeric_settings
 from kdverify.errors import KdverifyError
 from kdverify.locks import exclusive
@@ -150,6 +151,10 @@ class ModelCache:
         """The model for `recipe`: pinned, from memory, from disk, or trained now (teacher first)."""
         if self.uses_pinned(recipe):
             return self._pinned(recipe)
+        if recipe.teacher:  # the student fits its teacher (shapes, taps, adapter) before the teacher is trained
+            teacher_recipe, dataset = self.teacher_of(recipe), self.datasets[recipe.dataset]
+            check_distillation(recipe, teacher_recipe.arch, teacher_recipe.arch_kwargs,
+                               tuple(dataset.test.images.shape[1:]), len(dataset.classes))
         teacher = self.get(self.teacher_of(recipe)) if recipe.teacher else None
         key = self.key(recipe, teacher)
         if key in self._memory:

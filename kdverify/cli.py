@@ -263,7 +263,11 @@ def _train_and_save(recipe_name: str, budget: str, out: str, force: bool, data_r
         teacher = ckpt.model.to(dev)
     dataset = load_dataset(recipe.dataset, data_root, dev)
     if teacher is not None:
+        from kdverify.compat import check_distillation
+
         teacher_fits_student(ckpt, recipe, teacher_path, dataset)
+        check_distillation(recipe, ckpt.arch, ckpt.arch_kwargs, tuple(dataset.test.images.shape[1:]),
+                           len(dataset.classes), where=teacher_path)
     click.echo(f"training {recipe.name} ({budget} budget, {recipe.epochs} epochs) on {dataset.variant}, {dev}",
                err=True)
     result = fit(recipe, dataset, teacher=teacher)

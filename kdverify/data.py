@@ -60,6 +60,7 @@ CIFAR_JPEG_TAR = "cifar10-jpeg/cifar10-jpeg-q75.tar.gz"
 CIFAR_JPEG_MD5 = "4525fa6bf275c7a753fb3748765c8a02"
 CIFAR_JPEG_SIZES = {"train": 50000, "test": 10000}  # images per split in the tar whose md5 is above
 CIFAR_IMAGE_SHAPE = (3, 32, 32)
+MNIST_IMAGE_SHAPE = (1, 28, 28)
 
 MNIST_CLASSES = tuple(str(d) for d in range(10))
 CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -473,19 +474,28 @@ LOADERS: Registry[Loader] = Registry(  # name -> loader(root); fill it with regi
     "dataset", "kdverify.datasets", "register it with kdverify.data.register_dataset or --import a module that does")
 
 
-def register_dataset(name: str, loader: Loader, replace: bool = False) -> Loader:
+DATASET_SHAPES: dict[str, tuple[tuple[int, ...], int]] = {}  # name -> (input shape, classes), where declared
+
+
+def register_dataset(name: str, loader: Loader, replace: bool = False,
+                     shape: tuple[Sequence[int], int] | None = None) -> Loader:
     """Make `load_dataset(name)` (so every recipe naming `name`) call `loader(root) -> Dataset`.
 
     Registering a second, different loader under a taken name is refused unless `replace=True`,
     so two plugins cannot silently swap each other's data; re-registering the same one is a no-op.
+    `shape=((C, H, W) or (D,), classes)` declares what the data will look like, so recipes on it are
+    checked (models, taps, adapters, on the meta device) when they are read, before any data is loaded.
     """
     if not callable(loader):
         raise TypeError(f"the loader of dataset {name!r} must be callable as loader(root), got {loader!r}")
-    return LOADERS.register(name, loader, replace=replace)
+    registered = LOADERS.register(name, loader, replace=replace)
+    if shape is not None:
+        DATASET_SHAPES[name] = (tuple(int(d) for d in shape[0]), int(shape[1]))
+    return registered
 
 
-register_dataset("mnist", load_mnist)
-register_dataset("cifar10", load_cifar10)
+register_dataset("mnist", load_mnist, shape=(MNIST_IMAGE_SHAPE, len(MNIST_CLASSES)))
+register_dataset("cifar10", load_cifar10, shape=(CIFAR_IMAGE_SHAPE, len(CIFAR_CLASSES)))
 
 
 def load_dataset(name: str, root: str | os.PathLike | None = None,

@@ -65,3 +65,23 @@ def test_a_cache_that_cannot_be_written_keeps_the_trained_model_for_the_session(
     assert trained.source == "trained" and trained.model is not None and trained.evaluation.total == 200
     assert "No space left on device" in said[0] and "used from memory this session" in said[0]
     assert not list(tmp_path.glob("*.pt"))
+
+
+def test_a_student_that_cannot_join_its_teacher_fails_before_the_teacher_trains(monkeypatch):
+    import dataclasses
+
+    import pytest
+
+    from kdverify import recipes
+    from kdverify.errors import KdverifyError
+    from kdverify.recipes import register_recipe
+
+    monkeypatch.setattr(recipes, "RECIPES", recipes.RECIPES.copy())
+    register_recipe(dataclasses.replace(get_recipe("tiny-kd-0", "paper"), name="tiny-hint", objective="hint",
+                                        arch="light_nn", arch_kwargs={}))
+    trained = []
+    cache = ModelCache(None, {"tiny": load_dataset("tiny")}, "paper", progress=lambda *a: trained.append(a))
+    with pytest.raises(KdverifyError, match="recipe 'tiny-hint': objective 'hint' cannot join student light_nn to "
+                                            "teacher hinton_mlp on inputs \\(1, 28, 28\\)"):
+        cache.get(get_recipe("tiny-hint", "paper"))
+    assert trained == []  # not even the teacher

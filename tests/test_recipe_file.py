@@ -126,3 +126,16 @@ def test_a_holdout_larger_than_the_training_split_is_one_line(tiny_mnist):
     with pytest.raises(ValueError, match="holdout = 1,000,000,000 leaves nothing to train on: the training split has "
                                          "2,000 examples"):
         split_holdout(tiny_mnist.train, 10**9)
+
+
+def test_a_student_that_cannot_join_its_teacher_is_refused_when_the_file_is_read(tmp_path, registry):
+    """A FitNets hint from an MLP student to a conv teacher's feature map: one line naming the recipe at load,
+    checked on the meta device (the data's shape is declared), not a torch error after data and teacher loaded."""
+    path = tmp_path / "r.toml"
+    path.write_text('[mlp-hint]\ndataset = "cifar10"\narch = "hinton_mlp"\nepochs = 1\nlr = 0.1\n'
+                    'objective = "hint"\nteacher = "tutorial-deepnn"\nsoft_weight = 0.25\n')
+    with pytest.raises(RecipeFileError) as info:
+        load_recipe_file(path)
+    text = str(info.value)
+    assert text.startswith(f"{path}: recipe 'mlp-hint': objective 'hint' cannot join student hinton_mlp to teacher "
+                           "deep_nn on inputs (3, 32, 32): no hint regressor"), text
