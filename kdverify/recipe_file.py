@@ -142,8 +142,8 @@ def load_recipe_file(path: str | os.PathLike, replace: bool = False) -> list[Rec
             register_recipe(fast, original, replace=replace)
         except ValueError as exc:
             if fast.name in RECIPES and not replace:
-                raise RecipeFileError(f"{path}: recipe {fast.name!r} is already registered (a built-in, or a module's): "
-                                      "a recipe file cannot replace it; give yours another name") from None
+                raise RecipeFileError(f"{path}: recipe {fast.name!r} is already registered (a built-in, or a "
+                                      "module's): a recipe file cannot replace it; give yours another name") from None
             raise RecipeFileError(f"{path}: {exc}") from None
     from kdverify.compat import check_recipe
 
