@@ -17,11 +17,11 @@ from benchmarks._support import Settings
 
 
 def random_inputs(entry: Model, batch: int, seed: int = 0) -> torch.Tensor:
-    """Normalised random pixels of the model's input shape (what a deployed model is fed)."""
-    from kdverify.data import normalize
+    """Normalised random inputs of the model's shape (what a deployed model is fed): pixels, or tabular features."""
+    from kdverify.data import normalize, random_raw_inputs
 
     gen = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 256, (batch, *entry.input_shape), generator=gen, dtype=torch.uint8)
+    images = random_raw_inputs(batch, entry.input_shape, entry.mean, entry.std, gen)
     return normalize(images, entry.mean, entry.std).contiguous()
 
 

@@ -129,7 +129,8 @@ def _md5_file(path: Path, fix: str) -> str:
 
 @dataclass(frozen=True)
 class Split:
-    """One split: images uint8 (N, C, H, W) and labels int64 (N,), both on one device."""
+    """One split: images uint8 (N, C, H, W), or float32 features (N, D) for tabular data, and labels int64 (N,),
+    both on one device."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -194,11 +195,22 @@ class Dataset:
         return cls(name, variant or name, checksum, names, mean, std, train, test)
 
 
+def is_tabular(input_shape: Sequence[int]) -> bool:
+    """(D,) inputs: float feature vectors, normalised per feature on their own scale (images are (C, H, W))."""
+    return len(tuple(input_shape)) == 1
+
+
 def _checked_split(split: str, images: torch.Tensor, labels: torch.Tensor) -> Split:
-    """Images must already be uint8 (guessing a float scale would normalise wrongly); labels any integer type."""
+    """Images must already be uint8 (guessing a float scale would normalise wrongly), or float features (N, D)
+    for tabular data (kept on their own scale); labels any integer type."""
     images, labels = torch.as_tensor(images), torch.as_tensor(labels)
-    if images.dtype != torch.uint8 or images.ndim != 4:
-        raise DataError(f"{split} images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+    if images.ndim == 2 and images.dtype.is_floating_point:
+        images = images.to(torch.float32)
+        if not bool(torch.isfinite(images).all()):
+            raise DataError(f"{split} features must be finite (a NaN or inf is in them)")
+    elif images.dtype != torch.uint8 or images.ndim != 4:
+        raise DataError(f"{split} images must be uint8 (N, C, H, W), or float features (N, D) for tabular data; got "
+                        f"{images.dtype} {tuple(images.shape)}")
     if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool or labels.ndim != 1:
         raise DataError(f"{split} labels must be integer class indices (N,), got {labels.dtype} {tuple(labels.shape)}")
     if len(labels) != len(images) or len(labels) == 0:
@@ -210,7 +222,11 @@ def _checked_split(split: str, images: torch.Tensor, labels: torch.Tensor) -> Sp
 
 
 def _channel_stats(images: torch.Tensor, chunk: int = 1024) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of images / 255, in float64 chunks (a float copy of CIFAR is 600 MB)."""
+    """Per-channel mean and std of images / 255, in float64 chunks (a float copy of CIFAR is 600 MB); per feature,
+    on the features' own scale, for tabular data."""
+    if images.ndim == 2:
+        features = images.to(torch.float64)
+        return features.mean(0).tolist(), features.std(0, unbiased=False).tolist()
     total = torch.zeros(images.shape[1], dtype=torch.float64, device=images.device)
     squares = torch.zeros_like(total)
     for start in range(0, len(images), chunk):
@@ -224,10 +240,11 @@ def _channel_stats(images: torch.Tensor, chunk: int = 1024) -> tuple[list[float]
 
 def _check_norm(mean: tuple[float, ...], std: tuple[float, ...], channels: int) -> None:
     if len(mean) != channels or len(std) != channels:
-        raise DataError(f"mean and std need one value per channel ({channels}), got {len(mean)} and {len(std)}")
+        raise DataError(f"mean and std need one value per channel or feature ({channels}), got {len(mean)} and "
+                        f"{len(std)}")
     if not all(np.isfinite(mean)) or not all(s > 0 and np.isfinite(s) for s in std):
-        raise DataError(f"std must be positive and finite per channel, got {std} (a constant channel has std 0: "
-                        "pass std=)")
+        raise DataError(f"std must be positive and finite per channel or feature, got {list(std)[:8]} (a constant "
+                        "one has std 0: pass std=)")
 
 
 def _tensors_checksum(train: Split, test: Split, classes: tuple[str, ...],
@@ -561,7 +578,12 @@ def balanced_subset(split: Split, size: int, num_classes: int, seed: int = 0) ->
 
 
 def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """uint8 (B, C, H, W) -> float32, (x/255 - mean) / std as one scale and one shift per channel."""
+    """uint8 (B, C, H, W) -> float32, (x/255 - mean) / std as one scale and one shift per channel; float features
+    (B, D) -> (x - mean) / std per feature."""
+    if images.ndim == 2:
+        mean_f = torch.tensor(mean, device=images.device, dtype=torch.float32).view(1, -1)
+        std_f = torch.tensor(std, device=images.device, dtype=torch.float32).view(1, -1)
+        return (images.float() - mean_f) / std_f
     std_t = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
     mean_t = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
     return torch.addcmul(-mean_t / std_t, images.float(), 1.0 / (255.0 * std_t))
@@ -609,7 +631,10 @@ class Augmentation:
         return ids
 
     def apply(self, images: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """The variants `ids` of `images` (uint8 or float, (B, C, H, W))."""
+        """The variants `ids` of `images` (uint8 or float, (B, C, H, W)); tabular features only take `none`."""
+        if images.ndim != 4 and (self.flip or self.max_shift):
+            raise ValueError(f"augmentation {self.name!r} shifts or mirrors images; tabular features (N, D) take "
+                             "augment = 'none'")
         ids, mirror = ids.to(images.device), None
         if self.flip:
             mirror, ids = ids % 2 == 1, ids // 2
@@ -641,6 +666,15 @@ def get_augmentation(kind: str) -> Augmentation:
 def augment(images: torch.Tensor, kind: str, generator: torch.Generator | None = None) -> torch.Tensor:
     """Named augmentations (see AUGMENTATIONS), batched on the images' device."""
     return get_augmentation(kind)(images, generator)
+
+
+def random_raw_inputs(count: int, input_shape: Sequence[int], mean: Sequence[float], std: Sequence[float],
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+    """Inputs like the data's, before `normalize`: uint8 pixels, or features around their mean (tabular)."""
+    if is_tabular(input_shape):
+        noise = torch.randn(count, *input_shape, generator=generator)
+        return noise * torch.tensor(std).view(1, -1) + torch.tensor(mean).view(1, -1)
+    return torch.randint(0, 256, (count, *input_shape), generator=generator, dtype=torch.uint8)
 
 
 def iterate_batches(split: Split, batch_size: int, generator: torch.Generator | None = None,

@@ -34,7 +34,7 @@ from torch import nn
 
 import kdverify
 from kdverify.checkpoint import Checkpoint, load_checkpoint
-from kdverify.data import Dataset, load_dataset, normalize
+from kdverify.data import Dataset, is_tabular, load_dataset, normalize, random_raw_inputs
 from kdverify.errors import DataError, DataMissing, KdverifyError
 from kdverify.io import atomic_write_bytes, check_writable, describe_os_error, temp_beside
 from kdverify.quantize import CALIBRATION_SIZE, INT8_MAX_EXTRA_ERROR_PP, agreement_with_fp32, gate_int8, quantize_proto
@@ -182,11 +182,12 @@ def _write_all(files: dict[Path, bytes]) -> None:
 def _check_description(ckpt: Checkpoint, path: Path) -> None:
     """The fields export relies on, which an old or hand-made checkpoint may lack."""
     shape, channels = tuple(ckpt.input_shape), (tuple(ckpt.input_shape) or (0,))[0]
-    if len(shape) != 3 or min(shape) < 1:
-        raise ExportError(f"{path}: input shape {list(shape)} is not (channels, height, width)")
+    if len(shape) not in (1, 3) or min(shape) < 1:
+        raise ExportError(f"{path}: input shape {list(shape)} is not (channels, height, width) or (features,)")
     if len(ckpt.mean) != channels or len(ckpt.std) != channels or not all(ckpt.std):
-        raise ExportError(f"{path}: normalisation mean {list(ckpt.mean)} / std {list(ckpt.std)} "
-                          f"does not fit {channels} input channel(s)")
+        what = "feature(s)" if is_tabular(shape) else "input channel(s)"
+        raise ExportError(f"{path}: normalisation mean {list(ckpt.mean)[:8]} / std {list(ckpt.std)[:8]} "
+                          f"does not fit {channels} {what}")
 
 
 def _dataset_name(ckpt: Checkpoint) -> str:
@@ -240,7 +241,7 @@ def _inputs(ckpt: Checkpoint, dataset: Dataset | None) -> _Inputs:
     """Real test and training images; without data, seeded random images and nothing else."""
     gen = torch.Generator().manual_seed(RANDOM_SEED)
     if dataset is None:
-        images = torch.randint(0, 256, (VALIDATION_IMAGES, *ckpt.input_shape), generator=gen, dtype=torch.uint8)
+        images = random_raw_inputs(VALIDATION_IMAGES, ckpt.input_shape, ckpt.mean, ckpt.std, gen)
         return _Inputs(normalize(images, ckpt.mean, ckpt.std), None, None)
     test = normalize(dataset.test.images, ckpt.mean, ckpt.std)
     pick = torch.randperm(len(dataset.train), generator=gen)[:CALIBRATION_SIZE]
@@ -256,7 +257,8 @@ def _metadata(ckpt: Checkpoint, precision: str, test_errors: dict | None) -> dic
         "arch_kwargs": json.dumps(ckpt.arch_kwargs, sort_keys=True),
         "classes": json.dumps(list(ckpt.classes)),
         "input_shape": json.dumps(list(ckpt.input_shape)),
-        "input": "float32 NCHW, (pixel / 255 - mean) / std per channel",
+        "input": ("float32 (batch, D), (feature - mean) / std per feature" if is_tabular(ckpt.input_shape)
+                  else "float32 NCHW, (pixel / 255 - mean) / std per channel"),
         "mean": json.dumps(list(ckpt.mean)),
         "std": json.dumps(list(ckpt.std)),
         "source_sha256": ckpt.sha256,
