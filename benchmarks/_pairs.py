@@ -195,6 +195,12 @@ def load_built_in(name: str, cache_dir: Path) -> tuple[Model, Model]:
     return teacher, student
 
 
+def user_pair_given(config: pytest.Config) -> bool:
+    """Whether the run times a pair of the user's (--bench-teacher / --bench-student or their variables)."""
+    return any(_path_option(config, option, env)[0] for option, env in (("--bench-teacher", ENV_TEACHER),
+                                                                        ("--bench-student", ENV_STUDENT)))
+
+
 def pairs_from(config: pytest.Config, cache_dir: Path) -> list[Pair]:
     """The user's pair when one is given, else the built-in ones (loaded lazily: `-k mnist` never reads CIFAR's)."""
     mine = user_pair(config)

@@ -144,3 +144,13 @@ def test_built_in_pair_without_a_cache_uses_the_pinned_teacher_to_describe_the_s
     assert not student.trained and student.weights.startswith("fresh init, seed 0 (no hinton-student-kd-seed*")
     assert (student.input_shape, student.num_classes, student.mean) == ((1, 28, 28), 10, teacher.mean)
     assert student.label == "hinton-student-kd" and student.params == 1_276_810
+
+
+def test_a_users_pair_skips_the_training_benchmark_and_its_targets(pytester: pytest.Pytester,
+                                                                   pair: dict[str, str]) -> None:
+    train = INFERENCE.with_name("test_train_throughput.py")
+    result = pytester.runpytest(str(train), "-p", "no:cacheprovider", "-rs", "--benchmark-only",
+                                "--bench-teacher", pair["teacher"], "--bench-student", pair["student"])
+    assert result.ret == pytest.ExitCode.OK and result.parseoutcomes().get("passed", 0) == 0
+    result.stdout.fnmatch_lines(["*times kdverify's own training loop on synthetic MNIST, not your pair*"])
+    result.stdout.no_fnmatch_line("*NOT MET*")
