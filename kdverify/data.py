@@ -58,6 +58,10 @@ CIFAR_BATCH_MD5 = {  # torchvision's checksums of the original python batches
 }
 CIFAR_JPEG_TAR = "cifar10-jpeg/cifar10-jpeg-q75.tar.gz"
 CIFAR_JPEG_MD5 = "4525fa6bf275c7a753fb3748765c8a02"
+# sha256 of the stand-in's labels (train then test, int64) as the tar's member paths name them: they do not
+# depend on the JPEG decoder, so a decoded copy's labels are checked against the source, not just by shape.
+CIFAR_JPEG_LABELS_SHA256 = "3e7dfa4663432dc193928c906dc1dbb2091756430f3bd5abdd5e969431e8ae7c"
+CIFAR_JPEG_SPOT_CHECK = 64  # images decoded again from the start of the tar and compared with the copy, every load
 CIFAR_JPEG_SIZES = {"train": 50000, "test": 10000}  # images per split in the tar whose md5 is above
 CIFAR_IMAGE_SHAPE = (3, 32, 32)
 MNIST_IMAGE_SHAPE = (1, 28, 28)
@@ -244,7 +248,7 @@ def _check_norm(mean: tuple[float, ...], std: tuple[float, ...], channels: int) 
                         f"{len(std)}")
     if not all(np.isfinite(mean)) or not all(s > 0 and np.isfinite(s) for s in std):
         raise DataError(f"std must be positive and finite per channel or feature, got {list(std)[:8]} (a constant "
-                        "one has std 0: pass std=)")
+                        "channel or feature has std 0: pass std=)")
 
 
 def _tensors_checksum(train: Split, test: Split, classes: tuple[str, ...],
@@ -364,7 +368,22 @@ def _cifar_arrays_problem(arrays: dict[str, np.ndarray]) -> str | None:
     return None
 
 
-def _decode_members(tar_path: Path) -> dict[str, np.ndarray]:
+def _source_problem(tar_path: Path, arrays: dict[str, np.ndarray]) -> str | None:
+    """Does a decoded copy match its source? Labels: all of them, against the digest of the tar's member paths.
+    Pixels: the first images of the tar, decoded again (exactly what this machine's decoder gives)."""
+    labels = np.concatenate([arrays["train_y"], arrays["test_y"]]).astype(np.int64)
+    if hashlib.sha256(labels.tobytes()).hexdigest() != CIFAR_JPEG_LABELS_SHA256:
+        return "its labels are not the source's"
+    fresh = _decode_members(tar_path, limit=CIFAR_JPEG_SPOT_CHECK)
+    for split in CIFAR_JPEG_SIZES:
+        x = fresh[f"{split}_x"]
+        if len(x) and not np.array_equal(arrays[f"{split}_x"][:len(x)], x):
+            return f"its first {split} images differ from the source's"
+    return None
+
+
+def _decode_members(tar_path: Path, limit: int | None = None) -> dict[str, np.ndarray]:
+    """Decode the tar's JPEGs in member order (the first `limit` only, for a spot check)."""
     from PIL import Image
 
     images: dict[str, list[np.ndarray]] = {split: [] for split in CIFAR_JPEG_SIZES}
@@ -381,8 +400,10 @@ def _decode_members(tar_path: Path) -> dict[str, np.ndarray]:
             with Image.open(tar.extractfile(member)) as img:
                 images[split].append(np.asarray(img.convert("RGB"), np.uint8).transpose(2, 0, 1))
             labels[split].append(index[cls])
-    return {f"{s}_{k}": np.stack(images[s]) if k == "x" else np.asarray(labels[s], np.int64)
-            for s in CIFAR_JPEG_SIZES for k in ("x", "y")}
+            if limit is not None and sum(map(len, images.values())) >= limit:
+                break
+    return {f"{s}_{k}": (np.stack(images[s]) if images[s] else np.zeros((0, *CIFAR_IMAGE_SHAPE), np.uint8))
+            if k == "x" else np.asarray(labels[s], np.int64) for s in CIFAR_JPEG_SIZES for k in ("x", "y")}
 
 
 def _decode_jpeg_tar(tar_path: Path) -> dict[str, np.ndarray]:
@@ -398,7 +419,7 @@ def _decode_jpeg_tar(tar_path: Path) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _read_cifar_cache(path: Path) -> tuple[dict[str, np.ndarray] | None, str]:
+def _read_cifar_cache(path: Path, source: Path | None = None) -> tuple[dict[str, np.ndarray] | None, str]:
     """The cached arrays, or (None, why not).
 
     Any exception counts as "rebuild" on purpose: the file is a copy we can remake, and a flipped
@@ -414,7 +435,7 @@ def _read_cifar_cache(path: Path) -> tuple[dict[str, np.ndarray] | None, str]:
             arrays = {key: npz[key] for key in npz.files}
     except Exception as exc:  # noqa: BLE001 - see docstring
         return None, _reason(exc)
-    problem = _cifar_arrays_problem(arrays)
+    problem = _cifar_arrays_problem(arrays) or (_source_problem(source, arrays) if source is not None else None)
     return (None, problem) if problem else (arrays, "")
 
 
@@ -431,7 +452,7 @@ def _write_cifar_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 def _fill_cifar_cache(tar_path: Path, cached: Path) -> dict[str, np.ndarray]:
     """Under the lock: look again first (another process may have filled it while we waited)."""
-    arrays, why = _read_cifar_cache(cached)
+    arrays, why = _read_cifar_cache(cached, tar_path)
     if arrays is not None:
         return arrays
     if cached.exists():
@@ -451,7 +472,7 @@ def _cifar_jpeg_arrays(tar_path: Path, cache_dir: Path) -> dict[str, np.ndarray]
         raise DataCorrupt(f"{tar_path} fails its checksum (md5 {digest}, expected {CIFAR_JPEG_MD5}): truncated or "
                           f"modified; {CIFAR_JPEG_FIX}")
     cached = Path(cache_dir) / f"cifar10-jpeg-q75-{digest[:12]}.npz"
-    arrays, _ = _read_cifar_cache(cached)  # unlocked fast path: files are only ever renamed into place
+    arrays, _ = _read_cifar_cache(cached, tar_path)  # unlocked fast path: files are only ever renamed into place
     if arrays is not None:
         return arrays
     with contextlib.ExitStack() as stack:

@@ -108,8 +108,10 @@ def test_from_tensors_explicit_classes_and_normalisation():
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda t: (t[0].float(), *t[1:]), r"train images must be uint8 \(N, C, H, W\), got torch.float32"),
-    (lambda t: (t[0][:, 0], *t[1:]), r"train images must be uint8 \(N, C, H, W\), got torch.uint8 \(20, 8, 8\)"),
+    (lambda t: (t[0].float(), *t[1:]), r"train images must be uint8 \(N, C, H, W\), or float features \(N, D\) "
+                                          r"for tabular data; got torch.float32"),
+    (lambda t: (t[0][:, 0], *t[1:]), r"train images must be uint8 \(N, C, H, W\), or float features \(N, D\) for "
+                                        r"tabular data; got torch.uint8 \(20, 8, 8\)"),
     (lambda t: (t[0], t[1].float(), *t[2:]), r"train labels must be integer class indices"),
     (lambda t: (t[0], torch.nn.functional.one_hot(t[1]), *t[2:]), r"train labels must be integer .*\(20, 4\)"),
     (lambda t: (*t[:3], t[3][:-1]), r"test split has 10 images and 9 labels"),
@@ -128,7 +130,7 @@ def test_from_tensors_rejects_bad_classes_and_normalisation():
     tensors = _tensors(classes=4)
     with pytest.raises(DataError, match=r"label 3 needs at least 4 classes but 2 are named"):
         Dataset.from_tensors("toy", *tensors, classes=("a", "b"))
-    with pytest.raises(DataError, match=r"one value per channel \(3\), got 1 and 3"):
+    with pytest.raises(DataError, match=r"one value per channel or feature \(3\), got 1 and 3"):
         Dataset.from_tensors("toy", *tensors, mean=(0.5,), std=(0.2,) * 3)
     with pytest.raises(DataError, match=r"std must be positive"):
         Dataset.from_tensors("toy", *tensors, std=(0.2, 0.0, 0.2))

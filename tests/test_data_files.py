@@ -78,6 +78,7 @@ def _fake_jpeg_tar(root: pathlib.Path, monkeypatch, sizes: dict[str, int] | None
     path = root / data.CIFAR_JPEG_TAR
     path.parent.mkdir(parents=True)
     rng = np.random.default_rng(1)
+    labels = []
     with tarfile.open(path, "w:gz") as tar:
         for split, n in sizes.items():
             _add(tar, split, None)
@@ -86,7 +87,11 @@ def _fake_jpeg_tar(root: pathlib.Path, monkeypatch, sizes: dict[str, int] | None
                 if corrupt_one and i == n - 1:
                     payload = payload[:len(payload) // 3]  # a truncated JPEG
                 _add(tar, f"{split}/{classes[i % len(classes)]}/{i:04d}.jpg", payload)
+                cls = classes[i % len(classes)]
+                labels.append(data.CIFAR_CLASSES.index(cls) if cls in data.CIFAR_CLASSES else -1)
     monkeypatch.setattr(data, "CIFAR_JPEG_MD5", hashlib.md5(path.read_bytes()).hexdigest())
+    monkeypatch.setattr(data, "CIFAR_JPEG_LABELS_SHA256",  # the source's labels, as the real constant is
+                        hashlib.sha256(np.asarray(labels, np.int64).tobytes()).hexdigest())
     monkeypatch.setattr(data, "CIFAR_JPEG_SIZES", dict(sizes))
     return path
 
@@ -391,3 +396,24 @@ def test_concurrent_processes_decode_once(tmp_path, monkeypatch, state):
     assert len(counter.read_text().splitlines()) == 1, "more than one process decoded"
     assert len(set(digests)) == 1
     assert _same(data._read_cifar_cache(_cache_file(cache))[0], _reference(tar))
+
+
+@pytest.mark.parametrize("tamper", ["shifted-labels", "first-image"])
+def test_a_well_formed_decoded_copy_that_is_not_the_sources_is_decoded_again(tmp_path, monkeypatch, tamper):
+    """Shape, dtype and label range all fine, and still wrong: the labels are checked against the source's
+    digest and the first images against a fresh decode, so such a copy is never used."""
+    tar = _fake_jpeg_tar(tmp_path / "data", monkeypatch)
+    reference = _reference(tar)
+    cached = _cache_file(tmp_path / "cache")
+    bad = {k: v.copy() for k, v in reference.items()}
+    if tamper == "shifted-labels":
+        bad["train_y"] = (bad["train_y"] + 1) % len(data.CIFAR_CLASSES)
+    else:
+        bad["train_x"][0] ^= 1
+    cached.parent.mkdir(parents=True)
+    np.savez(cached, **bad)
+    assert data._cifar_arrays_problem(bad) is None  # what the old check looked at
+    loaded = data.load_cifar10(tmp_path / "data", tmp_path / "cache")
+    assert np.array_equal(loaded.train.labels.numpy(), reference["train_y"])
+    assert np.array_equal(loaded.train.images.numpy(), reference["train_x"])
+    assert _same(data._read_cifar_cache(cached, tar)[0], reference)  # and the copy was replaced

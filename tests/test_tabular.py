@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from kdverify import data, recipes
-from kdverify.cache import ModelCache
 from kdverify.checkpoint import checkpoint_payload, load_checkpoint, save_checkpoint
 from kdverify.data import Dataset, normalize, register_dataset
 from kdverify.errors import DataError
