@@ -101,6 +101,7 @@ class Claim:
     xfail: str = ""  # declared unreproducible: the measured value and why (strict: a pass is XPASS, a failure)
     same_model_as: str = ""  # re-measures the model of another claim: not counted as an extra pass
     note: str = ""  # why the claim is designed (or gated) the way it is, with the numbers that decided it
+    min_seeds: int = 1  # judged only on the mean of at least this many seeds (--kd-seeds): one run spreads too wide
 
     def __post_init__(self) -> None:
         if not isinstance(self.threshold, Threshold):
@@ -116,6 +117,11 @@ class Claim:
     def seeds_averaged(self) -> int:
         """How many student seeds the claim's own value averages (the tutorial's mean-of-3 claims: 3)."""
         return int(self.args.get("seeds", 1))
+
+    @property
+    def judged_over(self) -> int:
+        """The fewest seeds a gated verdict of this claim rests on: its own average, or `min_seeds`."""
+        return max(self.seeds_averaged, self.min_seeds)
 
     def one_seed(self) -> "Claim":
         """The same claim measured at one seed: the unit a sample over seeds is made of."""
@@ -338,9 +344,10 @@ def judge(claim: Claim, measured: Measurement, data_variant: str = "",
     (`--kd-seeds N`), a gated claim passes only when the 95 % confidence bound on its mean does."""
     threshold = claim.threshold.for_data(data_variant)
     passed = threshold.passes(measured.value)
-    if sample is not None and sample.n > 1 and claim.gated and not claim.xfail:
+    n = sample.n if sample is not None else 1
+    if sample is not None and sample.n > 1 and claim.gated and not claim.xfail and n >= claim.min_seeds:
         return statistical_verdict(sample, threshold.passes), threshold
-    if not claim.gated:
+    if not claim.gated or n < claim.min_seeds:  # min_seeds: a single run's spread is wider than the tolerance
         return "REPORT", threshold
     if claim.xfail:
         return ("XPASS" if passed else "XFAIL"), threshold

@@ -143,6 +143,10 @@ class ClaimsLab:
             measurement = Measurement(sample.mean, f"mean of {seeds} seeds; {detail}")
         else:
             measurement = measure(claim, self)
+            if claim.min_seeds > 1 and claim.gated and not claim.xfail:
+                measurement = Measurement(measurement.value, "; ".join(filter(None, (
+                    measurement.detail, f"gated from {claim.min_seeds} seeds (--kd-seeds {claim.min_seeds}): one "
+                                        "run spreads wider than the tolerance"))))
         verdict, threshold = judge(claim, measurement, dataset.variant if dataset else "", sample)
         provenance = "; ".join(self._touched) or "no training"
         result = Verdict(claim, self.budget, measurement.value, threshold, verdict, measurement.detail,

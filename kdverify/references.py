@@ -42,11 +42,6 @@ def recipe_fingerprints(claim: Claim, budget: str = "ci") -> dict[str, str]:
     return dict(sorted(found.items()))
 
 
-def seeds_averaged(claim: Claim) -> int:
-    """How many student seeds the claim's own value averages (the tutorial's mean-of-3 claims: 3)."""
-    return int(claim.args.get("seeds", 1))
-
-
 def path_name(settings: dict[str, Any]) -> str:
     """'cpu-avx512-2t', 'cpu-avx2-1t-det', 'cuda-nvidia-h200': the file name of a numeric path."""
     what = settings.get("cpu_kernels") or settings.get("gpu") or "unknown"
@@ -135,7 +130,7 @@ class Headroom:
         sample = ref.sample(threshold.op)
         if not _moves_with_seeds(self.claim):  # a pinned teacher: only the numeric path moves it
             return "ok" if threshold.passes(sample.worst()) else "FRAGILE"
-        return "FRAGILE" if is_fragile(sample, threshold.passes, self.claim.seeds_averaged) else "ok"
+        return "FRAGILE" if is_fragile(sample, threshold.passes, self.claim.judged_over) else "ok"
 
     def row(self) -> tuple[str, ...]:
         ref = self.reference
@@ -143,7 +138,7 @@ class Headroom:
         if ref is None or not ref.values:
             return (self.claim.id, str(threshold), "-", "-", "0", "-", "-", self.status)
         s = ref.sample(threshold.op)
-        bound = s.headroom_bound(self.claim.seeds_averaged) if _moves_with_seeds(self.claim) else s.worst()
+        bound = s.headroom_bound(self.claim.judged_over) if _moves_with_seeds(self.claim) else s.worst()
         return (self.claim.id, str(threshold), f"{s.mean:.4g} +- {s.std:.2g}", f"{min(ref.values):.4g}-"
                 f"{max(ref.values):.4g}", str(s.n), ", ".join(f"{p} ({n})" for p, n in ref.paths.items()),
                 f"{bound:.4g}", self.status)

@@ -130,3 +130,29 @@ def test_recipe_files_reach_the_claims_by_option_and_ini(pytester, tmp_path, mon
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--kd-recipe-file bad.toml: bad.toml*epochs*"])
     assert "Traceback" not in result.stderr.str()
+
+
+def test_a_claim_gated_from_several_seeds_is_reported_at_one_and_judged_at_three():
+    from kdverify.claims import Claim, Measurement, Threshold, judge
+
+    claim = Claim("x.kd", "test", "KD student", "errors_on_test", {"recipe": "r"}, 74, "errors",
+                  Threshold("<=", 81, "paper x 1.10"), min_seeds=3)
+    assert claim.judged_over == 3
+    assert judge(claim, Measurement(90.0))[0] == "REPORT"  # one run: shown, never gated (it spreads too wide)
+    assert judge(claim, Measurement(71.0), sample=Sample((70.0, 71.0), "<="))[0] == "REPORT"  # still too few
+    assert judge(claim, Measurement(71.0), sample=Sample((70.0, 71.0, 72.0), "<="))[0] == "PASS"
+    assert judge(claim, Measurement(85.0), sample=Sample((84.0, 85.0, 86.0), "<="))[0] == "FAIL"
+
+
+def test_headroom_of_a_claim_gated_from_three_seeds_is_that_of_a_mean_of_three(tmp_path):
+    from kdverify.claims import Claim, Threshold
+    from kdverify.references import headroom, recipe_fingerprints
+
+    one = Claim("x.hard", "test", "hard student", "errors_on_test", {"recipe": "hinton-student-hard"}, 146, "errors",
+                Threshold("<=", 161, "paper x 1.10"))
+    three = Claim(**{**vars(one), "id": "x.hard3", "min_seeds": 3})
+    values = [142, 153, 155, 147, 150]
+    (tmp_path / "p.json").write_text(json.dumps({"format": 1, "path": "p", "provenance": {}, "claims": {
+        c.id: {"values": values, "recipes": recipe_fingerprints(c)} for c in (one, three)}}))
+    rows = {r.claim.id: r.status for r in headroom([one, three], folder=tmp_path)}
+    assert rows == {"x.hard": "FRAGILE", "x.hard3": "ok"}
