@@ -38,6 +38,10 @@ from kdverify.train import TRAINER_VERSION, EpochRecord, Evaluation, ProgressFn,
     print_progress
 
 
+class NotCached(KdverifyError):
+    """A model the cache does not hold, asked for where nothing may be trained."""
+
+
 @dataclass
 class ModelRecord:
     """What reports say about a model, as plain data: how it was obtained, on what, and how it scored.
@@ -117,6 +121,7 @@ class ModelCache:
         self.teacher_seed_offset = teacher_seed_offset  # calibration runs re-seed trained teachers too
         self._memory: dict[str, Trained] = {}
         self._say_to = say  # where waits for a lock and retrains of corrupt entries are announced
+        self.train_missing = True  # False: a model not in the cache raises NotCached (reference --cached-only)
 
     def uses_pinned(self, recipe: Recipe) -> bool:
         return self.budget in PINNED_BUDGETS and recipe.name in PINNED_TEACHERS
@@ -167,6 +172,8 @@ class ModelCache:
             with exclusive(path, f"{recipe.name} seed {recipe.seed}", say=self._say):
                 trained = self._load(path, recipe, key, device) if path.is_file() else None  # filled while we waited
                 if trained is None:
+                    if not self.train_missing:
+                        raise NotCached(f"{recipe.name} seed {recipe.seed} is not in the cache {self.root}")
                     if path.exists():
                         self._say(f"cache entry {path.name} is unreadable or corrupt: retraining it")
                     trained = self._train(recipe, key, path, dataset, teacher)

@@ -106,13 +106,14 @@ def calibrate(seeds: Sequence[int], budget: str = "ci", data_root: str | None = 
 
 def measure_reference(seeds: int, budget: str = "ci", data_root: str | None = None, cache_dir: str | None = None,
                       out: Path | None = None, force: bool = False, claim_ids: Sequence[str] | None = None,
-                      claims: Sequence[Claim] | None = None) -> Path:
+                      claims: Sequence[Claim] | None = None, cached_only: bool = False) -> Path:
     """Measure every claim that trains a model at seed offsets 0..seeds-1 on this machine's numeric path and
     write the reference sample (`kdverify.references`): values, recipe fingerprints, provenance, seconds."""
     import datetime
     import time
 
     import kdverify
+    from kdverify.cache import NotCached
     from kdverify.checkpoint import machine_description
     from kdverify.determinism import numeric_settings
     from kdverify.lab import ClaimsLab
@@ -128,6 +129,7 @@ def measure_reference(seeds: int, budget: str = "ci", data_root: str | None = No
     if unknown:
         raise KdverifyError(f"unknown claim id(s) {', '.join(unknown)}; known: {', '.join(c.id for c in claims)}")
     lab = ClaimsLab(data_root, budget, "auto", cache_dir)
+    lab.cache.train_missing = not cached_only
     settings = numeric_settings(lab.device)
     target = Path(out) if out else REFERENCE_DIR / f"{path_name(settings)}.json"
     if target.exists() and not force:
@@ -140,11 +142,18 @@ def measure_reference(seeds: int, budget: str = "ci", data_root: str | None = No
         for k in offsets:
             t0 = time.perf_counter()
             lab._touched = {}
-            value = lab.measure_at(unit, k).value
+            try:
+                value = lab.measure_at(unit, k).value
+            except NotCached as exc:  # --cached-only: the seeds trained so far, none added
+                print(f"reference  {claim.id:<44} seed +{k}  not cached ({exc}): stops at {len(values)} seeds")
+                break
             values.append(value)
             seconds.append(round(time.perf_counter() - t0, 1))
             trained.append(round(sum(m.seconds for m in lab._touched.values() if m.source != "pinned"), 1))
             print(f"reference  {claim.id:<44} seed +{k}  {value:.6g}", flush=True)
+        if not values:
+            continue
+        offsets = offsets[:len(values)]
         entries[claim.id] = {"dataset": lab._dataset_of(claim) or "", "values": values, "seed_offsets": offsets,
                              "seconds": seconds, "train_seconds": trained,
                              "recipes": recipe_fingerprints(claim, budget), "threshold": str(claim.threshold),
@@ -155,7 +164,8 @@ def measure_reference(seeds: int, budget: str = "ci", data_root: str | None = No
                            "trainer": TRAINER_VERSION, "data": datasets,
                            "seconds": round(time.perf_counter() - started),
                            "made": datetime.date.today().isoformat(),
-                           "command": f"kdverify reference --seeds {seeds} --budget {budget}"},
+                           "command": f"kdverify reference --seeds {seeds} --budget {budget}"
+                                      + (" --cached-only" if cached_only else "")},
             "claims": entries}
     atomic_write_bytes(target, (json.dumps(data, indent=1) + "\n").encode())
     return target

@@ -495,10 +495,13 @@ def calibrate_command(seeds: tuple[int, ...], budget: str, data_root: str | None
               help="Where to write (default: kdverify/references/<numeric path>.json).")
 @click.option("--force", is_flag=True, help="Replace an existing reference file.")
 @click.option("--claim", "claim_ids", multiple=True, help="Only these claim ids (repeatable).")
+@click.option("--cached-only", is_flag=True,
+              help="Train nothing: each claim gets the seeds whose models the cache already holds (0, 1, ... up to the "
+                   "first missing one).")
 @recipe_file_option
 @_one_line_errors
 def reference_command(seeds: int, budget: str, data_root: str | None, cache: str | None, out: str | None,
-                      force: bool, claim_ids: tuple[str, ...]) -> None:
+                      force: bool, claim_ids: tuple[str, ...], cached_only: bool) -> None:
     """Write this numeric path's reference sample: every trained claim at N seeds, with provenance."""
     from kdverify.calibrate import measure_reference
 
@@ -506,7 +509,8 @@ def reference_command(seeds: int, budget: str, data_root: str | None, cache: str
         from kdverify.io import check_writable
 
         check_writable(out, force)
-    path = measure_reference(seeds, budget, data_root, cache, Path(out) if out else None, force, claim_ids or None)
+    path = measure_reference(seeds, budget, data_root, cache, Path(out) if out else None, force, claim_ids or None,
+                             cached_only=cached_only)
     click.echo(f"wrote {path}")
 
 
