@@ -32,7 +32,7 @@ def _errors(id: str, source: str, statement: str, paper: float, *, metric: str =
             unit: str = "errors", **kwargs: Any) -> Claim:
     """An MNIST error count or rate: <= paper x 1.10 (whole errors, or 0.1 pt for rates)."""
     limit = round(paper * MNIST_TOLERANCE, 1 if unit == "% errors" else 0)
-    claim_fields = {k: kwargs.pop(k) for k in ("gated", "xfail", "same_model_as", "note") if k in kwargs}
+    claim_fields = {k: kwargs.pop(k) for k in ("gated", "xfail", "same_model_as", "note", "min_seeds") if k in kwargs}
     return Claim(id, source, statement, metric, kwargs, paper, unit,
                  Threshold("<=", limit, f"paper x {MNIST_TOLERANCE:.2f}"), **claim_fields)
 
@@ -50,6 +50,25 @@ def _relative(id: str, source: str, statement: str, metric: str, paper: float, u
     return Claim(id, source, statement, metric, args, paper, unit, threshold, gated=gated, note=note)
 
 
+# Claims whose single run spreads wider than the tolerance (kdverify/references/, tests/test_headroom.py): the
+# 95 % prediction bound of one run crosses the threshold, that of a mean of 3 seeds does not. They are gated on
+# the mean of 3 seeds (--kd-seeds 3 or more) and reported with the reason at one seed. Better fast recipes (less
+# spread) are the way to gate them at one seed again; the thresholds do not move.
+SPREAD_NOTES = {
+    "hinton.student_hard": "FRAGILE at one seed: the fast recipe's hard-label student makes 135-155 errors over "
+                           "seeds and kernels (reference sample), so one run can cross 161; the mean of 3 seeds "
+                           "cannot (its 95% prediction bound is inside). Gated from 3 seeds.",
+    "hinton.student_kd": "FRAGILE at one seed: the fast KD student makes 69-78 errors over seeds and kernels "
+                         "(reference sample), one run's 95% prediction bound crosses 81; a mean of 3 seeds' does "
+                         "not. Gated from 3 seeds; hinton.kd_vs_hard carries the KD-vs-hard-labels science at one "
+                         "seed.",
+    "blog.student_kd": "Not reproduced robustly: the blog's 67 came after 1000 epochs; the 60-epoch fast KD student "
+                       "makes 69-78 errors (reference sample), so even the mean of 3 or 5 seeds cannot be shown to "
+                       "stay within 74. Reported with its number; the same model is judged by hinton.student_kd.",
+    "blog.cnn": "FRAGILE at one seed: the fast CNN makes 43-47 errors over seeds, kernels and thread counts "
+                "(reference sample), one run's 95% prediction bound crosses 48; a mean of 3 seeds' does not. "
+                "Gated from 3 seeds.",
+}
 NO3 = "hinton-student-kd-no3"
 NO3_STUDENT_DIFFERS = ("The paper's no-3 student got 133 of the 1010 test 3s wrong; kdverify's fast no-3 student, "
                        "trained on jittered transfer images, gets about 40 wrong: it already infers most 3s from "
@@ -61,8 +80,9 @@ CLAIMS: list[Claim] = [
     _errors("hinton.teacher", HINTON, "teacher 784-1200-1200-10 with dropout and jitter", 67,
             recipe="hinton-teacher"),
     _errors("hinton.student_hard", HINTON, "student 784-800-800-10 on hard labels", 146,
-            recipe="hinton-student-hard"),
-    _errors("hinton.student_kd", HINTON, "same student on soft targets at T=20", 74, recipe="hinton-student-kd"),
+            recipe="hinton-student-hard", min_seeds=3, note=SPREAD_NOTES["hinton.student_hard"]),
+    _errors("hinton.student_kd", HINTON, "same student on soft targets at T=20", 74, recipe="hinton-student-kd",
+            min_seeds=3, note=SPREAD_NOTES["hinton.student_kd"]),
     _errors("hinton.no3.errors", HINTON, "transfer set without any 3: all test errors", 206, recipe=NO3),
     _errors("hinton.no3.errors_on_3", HINTON, "transfer set without any 3: errors on the 1010 test 3s", 133,
             unit="errors on 3s", recipe=NO3, cls=3),
@@ -118,11 +138,13 @@ CLAIMS: list[Claim] = [
     # ---- the public reproduction
     _errors("blog.teacher", BLOG, "teacher after 1000 epochs", 64, recipe="hinton-teacher",
             same_model_as="hinton.teacher"),
-    _errors("blog.student_kd", BLOG, "KD student (alpha 0.7, T=20) after 1000 epochs", 67, recipe="hinton-student-kd",
-            same_model_as="hinton.student_kd"),
+    _errors("blog.student_kd", BLOG, "KD student (alpha 0.7, T=20) after 1000 epochs (reported)", 67,
+            recipe="hinton-student-kd", same_model_as="hinton.student_kd", gated=False,
+            note=SPREAD_NOTES["blog.student_kd"]),
     _errors("blog.no3", BLOG, "KD student without 3s in the transfer set", 161, recipe=NO3,
             same_model_as="hinton.no3.errors"),
-    _errors("blog.cnn", BLOG, "small CNN, Adam 1e-4, 100 epochs", 44, recipe="blog-cnn"),
+    _errors("blog.cnn", BLOG, "small CNN, Adam 1e-4, 100 epochs", 44, recipe="blog-cnn", min_seeds=3,
+            note=SPREAD_NOTES["blog.cnn"]),
     # ---- PyTorch KD tutorial (CIFAR-10)
     Claim("tutorial.params_deepnn", TUTORIAL, "DeepNN parameter count", "parameter_count", {"arch": "deep_nn"},
           1_186_986, "params", Threshold("==", 1_186_986, "exact")),
