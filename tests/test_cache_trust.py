@@ -1,16 +1,26 @@
 """A cache entry's stored metrics are not what a verdict believes: its numbers come from its verified weights."""
 
-import sys
+import importlib
 from pathlib import Path
 
+import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-import tiny_project  # noqa: E402,F401  (registers the tiny dataset and recipes)
+from kdverify import data, recipes
+from kdverify.cache import ModelCache
+from kdverify.data import load_dataset
+from kdverify.recipes import get_recipe
 
-from kdverify.cache import ModelCache  # noqa: E402
-from kdverify.data import load_dataset  # noqa: E402
-from kdverify.recipes import get_recipe  # noqa: E402
+
+@pytest.fixture(autouse=True)
+def tiny(monkeypatch):
+    """The tiny dataset and recipes, registered into private copies of the registries (nothing leaks)."""
+    monkeypatch.setattr(data, "LOADERS", data.LOADERS.copy())
+    monkeypatch.setattr(recipes, "RECIPES", recipes.RECIPES.copy())
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    import tiny_project
+
+    importlib.reload(tiny_project)
 
 
 def test_an_edited_confusion_matrix_in_a_cache_entry_changes_no_number(tmp_path):
@@ -37,13 +47,9 @@ def test_an_edited_confusion_matrix_in_a_cache_entry_changes_no_number(tmp_path)
 def test_a_student_recipe_whose_teacher_learns_other_data_is_refused_before_training(monkeypatch):
     import dataclasses
 
-    import pytest
-
-    from kdverify import recipes
     from kdverify.errors import KdverifyError
     from kdverify.recipes import register_recipe
 
-    monkeypatch.setattr(recipes, "RECIPES", recipes.RECIPES.copy())
     kd = get_recipe("tiny-kd-0", "paper")
     register_recipe(dataclasses.replace(kd, name="tiny-kd-mnist-teacher", teacher="hinton-teacher"))
     cache = ModelCache(None, {"tiny": load_dataset("tiny")}, "paper", progress=None)
@@ -70,13 +76,9 @@ def test_a_cache_that_cannot_be_written_keeps_the_trained_model_for_the_session(
 def test_a_student_that_cannot_join_its_teacher_fails_before_the_teacher_trains(monkeypatch):
     import dataclasses
 
-    import pytest
-
-    from kdverify import recipes
     from kdverify.errors import KdverifyError
     from kdverify.recipes import register_recipe
 
-    monkeypatch.setattr(recipes, "RECIPES", recipes.RECIPES.copy())
     register_recipe(dataclasses.replace(get_recipe("tiny-kd-0", "paper"), name="tiny-hint", objective="hint",
                                         arch="light_nn", arch_kwargs={}))
     trained = []

@@ -21,7 +21,7 @@ from conftest import make_pattern_split
 from kdverify import export as ex
 from kdverify import quantize as q
 from kdverify import validate as v
-from kdverify.checkpoint import checkpoint_payload, load_checkpoint, save_checkpoint
+from kdverify.checkpoint import checkpoint_payload, load_checkpoint, payload_seal, save_checkpoint
 from kdverify.cli import main
 from kdverify.data import CIFAR_CLASSES, CIFAR_NORM, Dataset
 from kdverify.errors import DataMissing, KdverifyError
@@ -46,6 +46,8 @@ def _checkpoint(path, model_arch, dataset, seed=0, **payload_changes):
                                  {"name": f"test-{model_arch}", "dataset": dataset.name},
                                  {"test": {"errors": 7, "total": len(dataset.test)}})
     payload.update(payload_changes)
+    if payload_changes:  # a producer that wrote these values sealed them: the check under test is the one after
+        payload["payload_sha256"] = payload_seal(payload)
     return save_checkpoint(path, payload)
 
 
