@@ -119,8 +119,8 @@ def test_recipe_files_reach_the_claims_by_option_and_ini(pytester, tmp_path, mon
     monkeypatch.setenv("KDVERIFY_CACHE", str(tmp_path / "user-cache"))
     pytester.makepyfile(tiny_project=TINY_PROJECT, test_toml=TOML_CLAIM)
     (pytester.path / "recipes.toml").write_text(RECIPE_FILE)
-    result = pytester.runpytest("--kd-import", "tiny_project", "--kd-recipe-file", "recipes.toml",
-                                "--kd-cache", str(tmp_path / "cache"), "-p", "no:cacheprovider")
+    result = pytester.runpytest_subprocess("--kd-import", "tiny_project", "--kd-recipe-file", "recipes.toml",
+                                           f"--kd-cache={tmp_path / 'cache'}", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
     pytester.makeini("[pytest]\nkd_import = tiny_project\nkd_recipe_file = recipes.toml\n")
     result = pytester.runpytest_subprocess(f"--kd-cache={tmp_path / 'cache'}", "-p", "no:cacheprovider")
