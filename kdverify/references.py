@@ -70,14 +70,6 @@ class Reference:
             base.update(summary(self.sample(op)))
         return base
 
-    def text(self, op: str) -> str:
-        """'n=10, 142-151 (mean 146.3 +- 2.9), 2 paths' for tables."""
-        if not self.values:
-            return "-"
-        s = self.sample(op)
-        return (f"n={s.n} {min(self.values):.4g}-{max(self.values):.4g} (mean {s.mean:.4g} +- {s.std:.2g}), "
-                f"{len(self.paths)} path{'s' if len(self.paths) != 1 else ''}")
-
 
 def read_files(folder: Path = REFERENCE_DIR) -> list[dict[str, Any]]:
     """Every reference file of a folder, parsed (sorted by name, so pools are built in one order)."""
