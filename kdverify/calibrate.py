@@ -117,6 +117,7 @@ def measure_reference(seeds: int, budget: str = "ci", data_root: str | None = No
     from kdverify.checkpoint import machine_description
     from kdverify.determinism import numeric_settings
     from kdverify.lab import ClaimsLab
+    from kdverify.recipes import moves_with_seeds
     from kdverify.references import FORMAT, REFERENCE_DIR, path_name, recipe_fingerprints
     from kdverify.train import TRAINER_VERSION
 
@@ -137,11 +138,10 @@ def measure_reference(seeds: int, budget: str = "ci", data_root: str | None = No
     started = time.perf_counter()
     entries: dict[str, dict[str, Any]] = {}
     for claim in chosen:
-        offsets = list(range(seeds)) if lab.sampled(claim) else [0]  # a teacher's value does not move with seeds
+        offsets = list(range(seeds)) if moves_with_seeds(claim) else [0]  # a teacher's value does not move with seeds
         unit, values, seconds, trained = claim.one_seed(), [], [], []
         for k in offsets:
             t0 = time.perf_counter()
-            lab._touched = {}
             try:
                 value = lab.measure_at(unit, k).value
             except NotCached as exc:  # --cached-only: the seeds trained so far, none added
@@ -149,12 +149,12 @@ def measure_reference(seeds: int, budget: str = "ci", data_root: str | None = No
                 break
             values.append(value)
             seconds.append(round(time.perf_counter() - t0, 1))
-            trained.append(round(sum(m.seconds for m in lab._touched.values() if m.source != "pinned"), 1))
+            trained.append(round(sum(m.seconds for m in lab.models_used if m.source != "pinned"), 1))
             print(f"reference  {claim.id:<44} seed +{k}  {value:.6g}", flush=True)
         if not values:
             continue
         offsets = offsets[:len(values)]
-        entries[claim.id] = {"dataset": lab._dataset_of(claim) or "", "values": values, "seed_offsets": offsets,
+        entries[claim.id] = {"dataset": lab.dataset_of(claim) or "", "values": values, "seed_offsets": offsets,
                              "seconds": seconds, "train_seconds": trained,
                              "recipes": recipe_fingerprints(claim, budget), "threshold": str(claim.threshold),
                              "gated": claim.gated and not claim.xfail}

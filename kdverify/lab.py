@@ -21,7 +21,7 @@ from kdverify.claims import Claim, Measurement, Verdict, judge, measure
 from kdverify.data import Dataset, default_cache_dir, load_dataset
 from kdverify.determinism import numeric_settings, set_deterministic
 from kdverify.errors import DataError
-from kdverify.recipes import RECIPES, get_recipe
+from kdverify.recipes import get_recipe, is_teacher, moves_with_seeds
 from kdverify.references import Reference, load_references
 from kdverify.sampling import Sample
 from kdverify.train import TRAINER_VERSION, ProgressFn, print_progress
@@ -34,11 +34,6 @@ def resolve_lab_device(device: str = "auto", worker: int = 0) -> torch.device:
     if device == "cuda" and torch.cuda.device_count() > 1:
         device = f"cuda:{worker % torch.cuda.device_count()}"
     return torch.device(device)
-
-
-def is_teacher(name: str) -> bool:
-    """A recipe some registered recipe distils from: fixed across the seeds of a sample."""
-    return any(pair["fast"].teacher == name or pair["original"].teacher == name for pair in RECIPES.values())
 
 
 def _builtin(claim_id: str) -> Claim | None:
@@ -112,16 +107,18 @@ class ClaimsLab:
         return env
 
     def measure_at(self, claim: Claim, offset: int) -> Measurement:
-        """The claim's value with every student (not teacher) `offset` seeds further: one point of a sample."""
-        self._sample_offset = offset
+        """The claim's value with every student (not teacher) `offset` seeds further: one point of a sample.
+        The models it used are in `models_used` afterwards."""
+        self._sample_offset, self._touched = offset, {}
         try:
             return measure(claim, self)
         finally:
             self._sample_offset = 0
 
-    def sampled(self, claim: Claim) -> bool:
-        """Whether seeds change this claim's value: it trains a model that is no teacher."""
-        return any(not is_teacher(r) for r in claim.recipes)
+    @property
+    def models_used(self) -> list[Trained]:
+        """The models the last measurement asked for (teachers included)."""
+        return list(self._touched.values())
 
     def check(self, claim: Claim, seeds: int = 1) -> Verdict:
         """Measure a claim, judge it at this budget, and record the verdict.
@@ -130,11 +127,11 @@ class ClaimsLab:
         confidence bound on the mean; a claim that trains only teachers (or nothing) stays at n = 1.
         """
         started = time.perf_counter()
-        dataset_name = self._dataset_of(claim)
+        dataset_name = self.dataset_of(claim)
         dataset = self.dataset(dataset_name) if dataset_name else None
         self._touched = {}
         sample = None
-        if seeds > 1 and self.sampled(claim):
+        if seeds > 1 and moves_with_seeds(claim):
             unit = claim.one_seed()
             points = [self.measure_at(unit, k) for k in range(seeds)]
             sample = Sample(tuple(p.value for p in points), claim.threshold.op)
@@ -155,7 +152,7 @@ class ClaimsLab:
         if sample is not None:
             result.n, result.seeds, result.values = sample.n, list(range(seeds)), list(sample.values)
             result.mean, result.bound = sample.mean, sample.confidence_bound()
-        elif self.sampled(claim):
+        elif moves_with_seeds(claim):
             result.seeds = [0]
         self._attach_reference(result)
         self.last_models = [m.record() for m in self._touched.values()]
@@ -187,7 +184,7 @@ class ClaimsLab:
         self.verdicts.append(result)
         return result
 
-    def _dataset_of(self, claim: Claim) -> str | None:
+    def dataset_of(self, claim: Claim) -> str | None:
         return get_recipe(claim.recipes[0], self.budget).dataset if claim.recipes else None
 
     def trained_models(self) -> list[Trained]:

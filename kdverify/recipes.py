@@ -274,3 +274,14 @@ for _pair_of in _BUILTIN.values():
 def get_recipe(name: str, budget: str = "ci") -> Recipe:
     """Look a recipe up by name and budget; an unknown name is a one-line error naming what exists."""
     return RECIPES.lookup(name)[recipe_kind(budget)]
+
+
+def is_teacher(name: str) -> bool:
+    """A recipe some registered recipe distils from: fixed across the seeds of a sample."""
+    return any(pair["fast"].teacher == name or pair["original"].teacher == name for pair in RECIPES.values())
+
+
+def moves_with_seeds(claim: Any) -> bool:
+    """Whether seeds change a claim's value (a kdverify.claims.Claim): it trains a model that is no teacher;
+    teachers stay fixed across the seeds of a sample."""
+    return any(not is_teacher(r) for r in claim.recipes)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from kdverify.claims import Claim
+from kdverify.recipes import moves_with_seeds
 from kdverify.sampling import Sample, is_fragile, summary
 
 REFERENCE_DIR = Path(__file__).parent / "references"
@@ -120,7 +121,7 @@ class Headroom:
             return "STALE" if ref is not None and ref.stale else "MISSING"
         threshold = self.claim.threshold.for_data(ref.variant)
         sample = ref.sample(threshold.op)
-        if not _moves_with_seeds(self.claim):  # a pinned teacher: only the numeric path moves it
+        if not moves_with_seeds(self.claim):  # a pinned teacher: only the numeric path moves it
             return "ok" if threshold.passes(sample.worst()) else "FRAGILE"
         return "FRAGILE" if is_fragile(sample, threshold.passes, self.claim.judged_over) else "ok"
 
@@ -130,19 +131,13 @@ class Headroom:
         if ref is None or not ref.values:
             return (self.claim.id, str(threshold), "-", "-", "0", "-", "-", self.status)
         s = ref.sample(threshold.op)
-        bound = s.headroom_bound(self.claim.judged_over) if _moves_with_seeds(self.claim) else s.worst()
+        bound = s.headroom_bound(self.claim.judged_over) if moves_with_seeds(self.claim) else s.worst()
         return (self.claim.id, str(threshold), f"{s.mean:.4g} +- {s.std:.2g}", f"{min(ref.values):.4g}-"
                 f"{max(ref.values):.4g}", str(s.n), ", ".join(f"{p} ({n})" for p, n in ref.paths.items()),
                 f"{bound:.4g}", self.status)
 
 
 HEADROOM_COLUMNS = ("claim", "threshold", "mean +- std", "min-max", "n", "paths (values)", "bound", "status")
-
-
-def _moves_with_seeds(claim: Claim) -> bool:
-    from kdverify.lab import is_teacher
-
-    return any(not is_teacher(r) for r in claim.recipes)
 
 
 def headroom(claims: list[Claim], budget: str = "ci", folder: Path = REFERENCE_DIR) -> list[Headroom]:
