@@ -73,28 +73,141 @@ def _recipe(path: Path, name: str, table: dict[str, Any], base: dict[str, Any] |
         raise RecipeFileError(f"{path}: {message}") from None
 
 
+# The training splits of the built-in datasets (their files are checksummed, so these never vary): a holdout or a
+# class-balanced subset they cannot give is refused when the file is read, not after the data has loaded.
+# (examples in the split, examples of its smallest class)
+TRAIN_SPLITS = {"mnist": (60_000, 5_421), "cifar10": (50_000, 5_000)}
+SEED_LIMIT = 2**62  # torch seeds are 64-bit and seed offsets (--kd-seeds, the lab's) are added to a recipe's seed
+
+
+def _fail(path: Path, recipe: Recipe, text: str) -> RecipeFileError:
+    return RecipeFileError(f"{path}: recipe {recipe.name!r}: {text}")
+
+
+def _check_data_fields(path: Path, recipe: Recipe) -> None:
+    """seed, class filters, train_subset and holdout against what the dataset can give, as far as it is known
+    before loading it (classes where the dataset declares its shape, split sizes for the built-ins)."""
+    from kdverify.data import DATASET_SHAPES
+
+    if recipe.seed >= SEED_LIMIT:
+        raise _fail(path, recipe, f"seed = {recipe.seed} must be below 2**62 (torch seeds are 64-bit)")
+    classes = DATASET_SHAPES[recipe.dataset][1] if recipe.dataset in DATASET_SHAPES else None
+    for key in ("keep_classes", "drop_classes"):
+        wrong = [c for c in getattr(recipe, key) if c < 0 or (classes is not None and c >= classes)]
+        if wrong:
+            known = f"0..{classes - 1} ({recipe.dataset} has {classes} classes)" if classes else "non-negative"
+            raise _fail(path, recipe, f"{key} = {list(getattr(recipe, key))}: class {wrong[0]} is not a class "
+                                      f"index; they are {known}")
+    if classes is not None:
+        left = set(recipe.keep_classes or range(classes)) - set(recipe.drop_classes)
+        if not left:
+            raise _fail(path, recipe, f"keep_classes = {list(recipe.keep_classes)} and drop_classes = "
+                                      f"{list(recipe.drop_classes)} leave no class to train on")
+        if recipe.train_subset and recipe.train_subset % classes:
+            raise _fail(path, recipe, f"train_subset = {recipe.train_subset:,} must be a multiple of {classes} "
+                                      f"(the subset is class-balanced over {recipe.dataset}'s {classes} classes)")
+    if recipe.dataset in TRAIN_SPLITS and classes is not None:
+        size, smallest = TRAIN_SPLITS[recipe.dataset]
+        if recipe.train_subset > smallest * classes:
+            raise _fail(path, recipe, f"train_subset = {recipe.train_subset:,} is more than a class-balanced subset "
+                                      f"of {recipe.dataset} can hold ({smallest * classes:,}: its smallest class has "
+                                      f"{smallest:,} training examples)")
+        available = recipe.train_subset or size
+        if recipe.holdout >= available:
+            what = f"train_subset = {available:,}" if recipe.train_subset else \
+                f"{recipe.dataset}'s training split has {size:,} examples"
+            raise _fail(path, recipe, f"holdout = {recipe.holdout:,} leaves nothing to train on ({what})")
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not a POSIX system
+        return None
+
+
 def _check_arch_kwargs(path: Path, recipe: Recipe) -> None:
-    """arch_kwargs the constructor does not take, or values it refuses (hidden = -5), are a line naming the file,
-    recipe and field now, not a torch error after the data has loaded. Built on the meta device: costs nothing."""
+    """arch_kwargs the constructor does not take, values of the wrong type or that it refuses (hidden = -5),
+    shape arguments that do not fit the data (num_classes = 5 on MNIST) and weights larger than this machine's
+    memory are a line naming the file, recipe and field now, not a torch error after the data has loaded or an
+    epoch has run. Built on the meta device (and run there, when the dataset declares its shape): costs nothing."""
     import inspect
 
     import torch
 
-    from kdverify.models import ARCHITECTURES
+    from kdverify.data import DATASET_SHAPES
+    from kdverify.models import ARCHITECTURES, shape_kwargs
 
     factory = ARCHITECTURES.lookup(recipe.arch)
+    kwargs = recipe.arch_kwargs
+    prefix = f"arch_kwargs {kwargs}"
     try:
-        inspect.signature(factory).bind_partial(**recipe.arch_kwargs)
+        signature = inspect.signature(factory)
+        signature.bind_partial(**kwargs)
+    except ValueError:  # pragma: no cover - a builtin without a signature: nothing to check against
+        return
     except TypeError as exc:
-        raise RecipeFileError(f"{path}: recipe {recipe.name!r}: arch_kwargs: {recipe.arch} {exc}") from None
+        raise _fail(path, recipe, f"arch_kwargs: {recipe.arch} {exc}") from None
+    for key, value in kwargs.items():  # a value of another type than the constructor's default
+        param = signature.parameters.get(key)
+        default = param.default if param is not None else inspect.Parameter.empty
+        kind = next((k for k in _KINDS if isinstance(default, k)), None) if default is not None else None
+        if kind is not None and not _is_a(value, kind):
+            raise _fail(path, recipe, f"arch_kwargs: {key} = {value!r} must be {_KINDS[kind]} ({recipe.arch}'s "
+                                      f"default is {default!r})")
+    shape = DATASET_SHAPES.get(recipe.dataset)
+    full = {**shape_kwargs(recipe.arch, *shape), **kwargs} if shape else dict(kwargs)
+    try:
+        signature.bind(**full)
+    except TypeError:
+        if not kwargs:
+            return
+        try:  # it needs the data's shape arguments too: the values are checked when the data is there
+            with torch.device("meta"):
+                factory(**full)
+        except TypeError:
+            return
+        except _REFUSALS as exc:
+            raise _fail(path, recipe, f"{prefix} are refused by {recipe.arch}: {_first_line(exc)}") from None
+        return
     try:
         with torch.device("meta"):
-            factory(**recipe.arch_kwargs)
-    except TypeError:
-        return  # it needs the data's shape arguments too: checked when the data is there
-    except (ValueError, RuntimeError, OverflowError) as exc:
-        raise RecipeFileError(f"{path}: recipe {recipe.name!r}: arch_kwargs {recipe.arch_kwargs} are refused by "
-                              f"{recipe.arch}: {str(exc).strip().splitlines()[0][:200]}") from None
+            model = factory(**full)
+    except (TypeError, *_REFUSALS) as exc:
+        raise _fail(path, recipe, f"{prefix} are refused by {recipe.arch}: {_first_line(exc)}") from None
+    if shape:
+        try:
+            with torch.device("meta"):
+                outputs = model.eval()(torch.empty(2, *shape[0]))
+        except (TypeError, *_REFUSALS) as exc:
+            raise _fail(path, recipe, f"{prefix}: {recipe.arch} does not run on {recipe.dataset} inputs "
+                                      f"{tuple(shape[0])}: {_first_line(exc)}") from None
+        if not isinstance(outputs, torch.Tensor) or tuple(outputs.shape) != (2, shape[1]):
+            got = tuple(outputs.shape[1:]) if isinstance(outputs, torch.Tensor) else type(outputs).__name__
+            raise _fail(path, recipe, f"{prefix}: {recipe.arch} gives outputs of shape {got} per example; "
+                                      f"{recipe.dataset} has {shape[1]} classes")
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    memory = _physical_memory()
+    if memory and weights > memory:
+        raise _fail(path, recipe, f"{prefix}: {recipe.arch}'s weights alone would take {weights / 2**30:,.1f} GiB; "
+                                  f"this machine has {memory / 2**30:,.1f} GiB of memory")
+
+
+_REFUSALS = (ValueError, RuntimeError, OverflowError, IndexError, ZeroDivisionError, AssertionError)
+_KINDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}  # bool before int
+
+
+def _is_a(value: Any, kind: type) -> bool:
+    if kind is bool:
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, (int, float)) if kind is float else isinstance(value, kind)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def read_recipe_file(path: str | os.PathLike) -> list[tuple[Recipe, Recipe]]:
@@ -127,10 +240,21 @@ def read_recipe_file(path: str | os.PathLike) -> list[tuple[Recipe, Recipe]]:
             if value not in registry:
                 raise RecipeFileError(f"{path}: recipe {fast.name!r}: unknown {kind} {value!r} (known: "
                                       f"{', '.join(registry)}); --import the module that registers it")
-        _check_arch_kwargs(path, fast)
         if fast.teacher and fast.teacher not in names and fast.teacher not in RECIPES:
             raise RecipeFileError(f"{path}: recipe {fast.name!r}: teacher {fast.teacher!r} is neither in this file "
                                   "nor registered")
+    for fast, original in pairs:  # the original budget's fields too: its table may change them
+        for recipe, label in ((fast, ""), (original, " (its original table)")):
+            if label and original == fast:
+                continue
+            try:
+                _check_data_fields(path, recipe)
+                _check_arch_kwargs(path, recipe)
+            except RecipeFileError as exc:
+                if not label:
+                    raise
+                head = f"{path}: recipe {recipe.name!r}"
+                raise RecipeFileError(head + label + str(exc)[len(head):]) from None
     return pairs
 
 

@@ -139,3 +139,85 @@ def test_a_student_that_cannot_join_its_teacher_is_refused_when_the_file_is_read
     text = str(info.value)
     assert text.startswith(f"{path}: recipe 'mlp-hint': objective 'hint' cannot join student hinton_mlp to teacher "
                            "deep_nn on inputs (3, 32, 32): no hint regressor"), text
+
+
+MLP = '[mine]\ndataset = "mnist"\narch = "hinton_mlp"\nepochs = 1\nlr = 0.1\n'
+
+
+@pytest.mark.parametrize("extra,message", [
+    # issue 18, case 7: values a recipe file can hold that used to be torch errors after the data loaded or an epoch
+    ("holdout = 1000000000", "holdout = 1,000,000,000 leaves nothing to train on (mnist's training split has "
+                             "60,000 examples)"),
+    ("train_subset = 100\nholdout = 100", "holdout = 100 leaves nothing to train on (train_subset = 100)"),
+    ("train_subset = 1000000000", "train_subset = 1,000,000,000 is more than a class-balanced subset of mnist can "
+                                  "hold (54,210"),
+    ("train_subset = 15", "train_subset = 15 must be a multiple of 10"),
+    ("keep_classes = [11]", "keep_classes = [11]: class 11 is not a class index; they are 0..9"),
+    ("drop_classes = [-1]", "drop_classes = [-1]: class -1 is not a class index"),
+    ("drop_classes = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]", "leave no class to train on"),
+    ("seed = 99999999999999999999", "seed = 99999999999999999999 must be below 2**62"),
+    ("arch_kwargs = { hidden = -5 }", "arch_kwargs {'hidden': -5} are refused by hinton_mlp"),
+    ("arch_kwargs = { hiden = 5 }", "arch_kwargs: hinton_mlp got an unexpected keyword argument 'hiden'"),
+    ("arch_kwargs = { hidden = 2.5 }", "arch_kwargs: hidden = 2.5 must be an integer (hinton_mlp's default is 1200)"),
+    ('arch_kwargs = { hidden = "x" }', "arch_kwargs: hidden = 'x' must be an integer"),
+    ("arch_kwargs = { hidden = true }", "arch_kwargs: hidden = True must be an integer"),
+    ('arch_kwargs = { input_dropout = "a" }', "arch_kwargs: input_dropout = 'a' must be a number"),
+    ("arch_kwargs = { num_classes = 5 }", "hinton_mlp gives outputs of shape (5,) per example; mnist has 10 classes"),
+    ("arch_kwargs = { in_features = 5 }", "hinton_mlp does not run on mnist inputs (1, 28, 28)"),
+    ("arch_kwargs = { hidden = 100000000000 }", "arch_kwargs {'hidden': 100000000000} are refused by hinton_mlp"),
+    ("arch_kwargs = { hidden = 1000000 }", "hinton_mlp's weights alone would take 3,728.3 GiB"),
+    ("[mine.original]\nholdout = 70000", "recipe 'mine' (its original table): holdout = 70,000 leaves nothing"),
+    ("[mine.original]\narch_kwargs = { hidden = -5 }", "recipe 'mine' (its original table): arch_kwargs "
+                                                        "{'hidden': -5} are refused"),
+])
+def test_values_the_data_or_the_model_cannot_take_are_one_line_when_the_file_is_read(tmp_path, registry, extra,
+                                                                                      message):
+    path = tmp_path / "r.toml"
+    path.write_text(MLP + extra + "\n")
+    with pytest.raises(RecipeFileError) as info:
+        read_recipe_file(path)
+    text = str(info.value)
+    assert text.startswith(f"{path}: recipe 'mine'") and message in text and "\n" not in text, text
+
+
+@pytest.mark.parametrize("extra", ["holdout = 59990", "train_subset = 54210\nholdout = 54200", "keep_classes = [9]",
+                                   "arch_kwargs = { hidden = 8, input_dropout = 0.2 }", "seed = 4611686018427387903",
+                                   "drop_classes = [0, 1, 2, 3, 4, 5, 6, 7, 8]"])
+def test_values_at_the_limits_are_accepted(tmp_path, registry, extra):
+    path = tmp_path / "r.toml"
+    path.write_text(MLP + extra + "\n")
+    assert [fast.name for fast, _ in read_recipe_file(path)] == ["mine"]
+
+
+def test_a_dataset_without_a_declared_shape_is_checked_as_far_as_the_constructor_goes(tmp_path, registry,
+                                                                                      monkeypatch):
+    """A user's dataset that declares no shape: wrong types and refused values are still caught at load; the
+    class count and split size are not known yet (checked when the data is loaded)."""
+    from kdverify import data
+
+    monkeypatch.setattr(data, "LOADERS", data.LOADERS.copy())
+    data.LOADERS.register("undeclared", lambda root=None: None)
+    base = MLP.replace('"mnist"', '"undeclared"')
+    path = tmp_path / "r.toml"
+    for extra, message in (("arch_kwargs = { hidden = -5 }", "are refused by hinton_mlp"),
+                           ("arch_kwargs = { hidden = 2.5 }", "hidden = 2.5 must be an integer"),
+                           ("keep_classes = [-2]", "class -2 is not a class index; they are non-negative")):
+        path.write_text(base + extra + "\n")
+        with pytest.raises(RecipeFileError, match="recipe 'mine': .*" + message.replace("(", "\\(")):
+            read_recipe_file(path)
+    path.write_text(base + "holdout = 1000000000\nkeep_classes = [40]\n")
+    assert read_recipe_file(path)  # nothing to check these against before the data is loaded
+
+
+def test_cli_refuses_a_bad_value_before_any_data_is_loaded_or_trained(tmp_path, registry):
+    """`kdverify train --recipe-file` with holdout = 10**9 or hidden = -5: a usage error (exit 2), nothing trained
+    and nothing written."""
+    for extra in ("holdout = 1000000000", "arch_kwargs = { hidden = -5 }", "arch_kwargs = { hiden = 5 }"):
+        path = tmp_path / "r.toml"
+        path.write_text(MLP + extra + "\n")
+        out = tmp_path / "out.pt"
+        result = CliRunner().invoke(main, ["train", "--recipe-file", str(path), "--recipe", "mine", "--out", str(out),
+                                           "--data-root", str(tmp_path / "no-data")])
+        assert result.exit_code == 2, result.output
+        assert f"{path}: recipe 'mine': " in result.output and "Traceback" not in result.output
+        assert "training mine" not in result.output and not out.exists()
