@@ -51,7 +51,7 @@ def _int_setting(config: Any, option: str, env: str, default: int) -> int:
 
 
 def settings_from(config: Any) -> Settings:
-    from kdverify.data import default_cache_dir
+    from kdverify.paths import model_cache_dir
 
     scale = float(config.getoption("--bench-rounds-scale", None) or os.environ.get(ENV_ROUNDS_SCALE) or 1.0)
     kd_cache = config.getoption("--kd-cache", None)  # the kdverify plugin's options, when it is loaded
@@ -59,7 +59,7 @@ def settings_from(config: Any) -> Settings:
         threads=_int_setting(config, "--bench-threads", ENV_THREADS, 1),
         train_threads=_int_setting(config, "--bench-train-threads", ENV_TRAIN_THREADS, DEFAULT_TORCH_THREADS),
         rounds_scale=max(scale, 0.01),
-        cache_dir=Path(kd_cache).expanduser() if kd_cache else default_cache_dir() / "models",
+        cache_dir=model_cache_dir(kd_cache),
         data_root=config.getoption("--kd-data-root", None),
     )
 

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from kdverify.errors import DataCorrupt, DataError, DataMissing
 from kdverify.io import atomic_write_bytes, describe_os_error
 from kdverify.locks import exclusive
+from kdverify.paths import cache_dir as kd_cache_dir, data_root
 from kdverify.registry import Registry, UnknownName, describe
 
 # md5 of the *uncompressed* IDX bytes: the .gz wrapper may differ between mirrors.
@@ -80,23 +81,6 @@ MNIST_FIX = REDOWNLOAD.format(name="MNIST")
 CIFAR_FIX = REDOWNLOAD.format(name="CIFAR10")
 CIFAR_JPEG_FIX = "replace it with an intact copy of cifar10-jpeg-q75.tar.gz"
 CIFAR_JPEG_WHAT = "decoding CIFAR-10 JPEG stand-in"
-
-
-def default_cache_dir() -> Path:
-    """Per-user cache (decoded datasets, trained models): KDVERIFY_CACHE, else XDG cache."""
-    if os.environ.get("KDVERIFY_CACHE"):
-        return Path(os.environ["KDVERIFY_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "kdverify"
-
-
-def resolve_data_root(root: str | os.PathLike | None = None) -> Path:
-    """Data root from the argument, else KDVERIFY_DATA, else <cache>/data."""
-    if root:
-        return Path(root).expanduser()
-    if os.environ.get("KDVERIFY_DATA"):
-        return Path(os.environ["KDVERIFY_DATA"]).expanduser()
-    return default_cache_dir() / "data"
 
 
 def _say(message: str) -> None:
@@ -300,7 +284,7 @@ def _read_idx(raw_dir: Path, name: str) -> np.ndarray:
 
 def load_mnist(root: str | os.PathLike | None = None) -> Dataset:
     """Canonical MNIST (60,000 + 10,000), verified against the md5 of each uncompressed file."""
-    raw_dir = resolve_data_root(root) / "MNIST" / "raw"
+    raw_dir = data_root(root) / "MNIST" / "raw"
     arrays = {name: _read_idx(raw_dir, name) for name in MNIST_MD5}
     split = lambda prefix: Split(  # noqa: E731
         torch.from_numpy(arrays[f"{prefix}-images-idx3-ubyte"].copy()).unsqueeze(1),
@@ -492,13 +476,13 @@ def _load_cifar_jpeg(tar_path: Path, cache_dir: Path) -> tuple[Split, Split]:
 
 def load_cifar10(root: str | os.PathLike | None = None, cache_dir: Path | None = None) -> Dataset:
     """Original CIFAR-10 when present, else the JPEG q75 stand-in (decoded once into the cache)."""
-    base = resolve_data_root(root)
+    base = data_root(root)
     original, jpeg = base / "cifar-10-batches-py", base / CIFAR_JPEG_TAR
     if original.is_dir():
         train, test = _load_cifar_batches(original)
         variant, checksum = "cifar10", hashlib.sha256("".join(CIFAR_BATCH_MD5.values()).encode()).hexdigest()[:16]
     elif jpeg.is_file():
-        train, test = _load_cifar_jpeg(jpeg, cache_dir or default_cache_dir())
+        train, test = _load_cifar_jpeg(jpeg, cache_dir or kd_cache_dir())
         variant, checksum = "cifar10-jpeg-q75", CIFAR_JPEG_MD5[:16]
     else:
         raise DataMissing(f"CIFAR-10 not found: looked for {original}/ and {jpeg}; {HOW_TO_GET.format(name='CIFAR10')}")

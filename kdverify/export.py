@@ -36,6 +36,7 @@ import kdverify
 from kdverify.checkpoint import Checkpoint, load_checkpoint
 from kdverify.data import Dataset, is_tabular, load_dataset, normalize, random_raw_inputs
 from kdverify.errors import DataError, DataMissing, KdverifyError
+from kdverify.paths import how_data_was_named
 from kdverify.io import atomic_write_bytes, check_writable, describe_os_error, temp_beside
 from kdverify.quantize import CALIBRATION_SIZE, INT8_MAX_EXTRA_ERROR_PP, agreement_with_fp32, gate_int8, quantize_proto
 from kdverify.validate import (VALIDATION_IMAGES, VALIDATION_LEVELS, EVAL_CHUNK, ExportError, check_graph,
@@ -47,7 +48,6 @@ MIN_OPSET = 18  # the dynamo exporter's native opset; lower ones are not convert
 MAX_OPSET = onnx.defs.onnx_opset_version()  # the newest opset the installed onnx defines
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 RANDOM_SEED = 0
-DATA_ENV = "KDVERIFY_DATA"
 
 __all__ = ["DEFAULT_OPSET", "ExportError", "ExportReport", "export_checkpoint", "export_model", "to_proto"]
 
@@ -199,9 +199,7 @@ def _dataset_name(ckpt: Checkpoint) -> str:
 
 def _asked_for_data(data_root: str | None) -> str | None:
     """How the user asked for data ('--data-root', '$KDVERIFY_DATA'), or None when they did not."""
-    if data_root:
-        return "--data-root"
-    return f"${DATA_ENV}" if os.environ.get(DATA_ENV) else None
+    return how_data_was_named(data_root)
 
 
 def _load_data(ckpt: Checkpoint, data_root: str | None, int8: bool, log: Callable[[str], None]) -> Dataset | None:

@@ -18,11 +18,11 @@ from kdverify.data import (
     load_cifar10,
     load_mnist,
     normalize,
-    resolve_data_root,
     split_holdout,
     translate,
 )
 from kdverify.errors import DataError
+from kdverify.paths import data_root as resolve_data_root
 
 
 def test_data_root_precedence(monkeypatch, tmp_path):
