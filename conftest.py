@@ -27,3 +27,20 @@ def tiny_mnist() -> Dataset:
     """2,000 train / 500 test synthetic 28x28 images with MNIST's shape and normalisation."""
     return Dataset("mnist", "synthetic", "synthetic-0", MNIST_CLASSES, *MNIST_NORM,
                    make_pattern_split(2000, 0), make_pattern_split(500, 1))
+
+
+@pytest.fixture
+def tiny_registered():
+    """tiny_project's dataset and recipes, registered for one test and removed after it."""
+    import importlib
+
+    from kdverify import data, recipes
+
+    saved = dict(data.LOADERS), dict(recipes.RECIPES)
+    import tiny_project
+
+    importlib.reload(tiny_project)
+    yield
+    for registry, before in zip((data.LOADERS, recipes.RECIPES), saved):
+        registry.clear()
+        registry.update(before)

@@ -136,12 +136,11 @@ def user_pair(config: pytest.Config) -> Pair | None:
 
 def _candidates(cache_dir: Path, recipe: str) -> list[Path]:
     """`<recipe>-seed<N>-<key>.pt` in the cache, newest first, then kdverify's pinned checkpoint of `recipe`."""
+    from kdverify.cache import ModelCache
     from kdverify.pinned import TEACHERS_DIR, read_manifest
 
-    pattern = re.compile(rf"^{re.escape(recipe)}-seed\d+-[0-9a-f]+\.pt$")  # hinton-student-kd is not ...-kd-no3-...
     try:
-        found = sorted((p for p in cache_dir.iterdir() if pattern.match(p.name) and p.is_file()),
-                       key=lambda p: p.stat().st_mtime, reverse=True)
+        found = ModelCache(cache_dir, {}, progress=None).entries(recipe)
     except OSError:
         found = []
     pinned = read_manifest().get(recipe)

@@ -15,27 +15,33 @@ filesystem) train each key once; the others wait, then load what the holder wrot
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
-from kdverify.checkpoint import CheckpointError, checkpoint_payload, load_checkpoint, machine_description, \
-    save_checkpoint, state_digest
-from kdverify.data import Dataset, default_cache_dir
+from kdverify.checkpoint import CheckpointError, checkpoint_from_bytes, checkpoint_payload, load_checkpoint, \
+    machine_description, save_checkpoint, state_digest
+from kdverify.data import Dataset
 from kdverify.compat import check_distillation
 from kdverify.determinism import cache_key_settings, numeric_settings
 from kdverify.errors import KdverifyError
+from kdverify.io import atomic_write_bytes
 from kdverify.locks import exclusive
 from kdverify.models import TappedModel
+from kdverify.paths import model_cache_dir
 from kdverify.pinned import load_pinned, read_manifest
-from kdverify.recipes import PINNED_BUDGETS, PINNED_TEACHERS, Recipe, get_recipe
+from kdverify.recipes import Recipe
+from kdverify.spec import ModelSpec, entry_pattern, resolve
 from kdverify.train import TRAINER_VERSION, EpochRecord, Evaluation, ProgressFn, TrainResult, evaluate, fit, \
     print_progress
+
+
+if TYPE_CHECKING:
+    from kdverify.executors import Executor
 
 
 class NotCached(KdverifyError):
@@ -87,6 +93,16 @@ class Trained(ModelRecord):
         return ModelRecord(**{k: v for k, v in vars(self).items() if k != "model"})
 
 
+def trained_payload(result: TrainResult, recipe: Recipe, dataset: Dataset, key: str,
+                    teacher_weights: str | None = None, **recorded: Any) -> dict[str, Any]:
+    """The checkpoint of a training, for a cache entry, `kdverify train`/`distill` and a Ray task alike
+    (`recorded`: more it should record, e.g. the node that trained it)."""
+    metrics = {**result_metrics(result, key), **recorded}
+    if teacher_weights:
+        metrics["teacher_weights_sha256"] = teacher_weights  # `cache-add` checks a student against its teacher
+    return checkpoint_payload(result.model, recipe.arch, result.arch_kwargs, dataset, recipe.to_dict(), metrics)
+
+
 def result_metrics(result: TrainResult, key: str) -> dict[str, Any]:
     """What a checkpoint records about its training: errors, confusion, curve, time, cache key, weights."""
     return {
@@ -114,63 +130,79 @@ class ModelCache:
     """
 
     def __init__(self, root: str | os.PathLike | None, datasets: dict[str, Dataset], budget: str = "ci",
-                 progress: ProgressFn | None = print_progress, teacher_seed_offset: int = 0,
-                 say: Callable[[str], None] | None = None) -> None:
-        self.root = Path(root) if root else default_cache_dir() / "models"
+                 progress: ProgressFn | None = print_progress, say: Callable[[str], None] | None = None) -> None:
+        self.root = model_cache_dir(root)
         self.datasets, self.budget, self.progress = datasets, budget, progress
-        self.teacher_seed_offset = teacher_seed_offset  # calibration runs re-seed trained teachers too
         self._memory: dict[str, Trained] = {}
         self._say_to = say  # where waits for a lock and retrains of corrupt entries are announced
+        self.executor: Executor | None = None  # trains ahead elsewhere (kdverify.executors); asked before training
         self.train_missing = True  # False: a model not in the cache raises NotCached (reference --cached-only)
 
-    def uses_pinned(self, recipe: Recipe) -> bool:
-        return self.budget in PINNED_BUDGETS and recipe.name in PINNED_TEACHERS
+    def key(self, spec: ModelSpec, teacher_weights: str | None = None) -> str:
+        dataset = self.datasets[spec.recipe.dataset]
+        return spec.key(dataset.variant, dataset.checksum, TRAINER_VERSION,
+                        cache_key_settings(dataset.test.images.device), teacher_weights)
 
-    def teacher_of(self, recipe: Recipe) -> Recipe | None:
-        if not recipe.teacher:
-            return None
-        teacher = get_recipe(recipe.teacher, self.budget)
-        if teacher.dataset != recipe.dataset:
-            raise KdverifyError(f"recipe {recipe.name} distils on {recipe.dataset!r} from {teacher.name}, which "
-                                f"trains on {teacher.dataset!r}: the teacher must learn the student's data")
-        return teacher if self.uses_pinned(teacher) else teacher.with_seed(teacher.seed + self.teacher_seed_offset)
+    def holds(self, spec: ModelSpec) -> bool:
+        """Whether the spec would come without training (pinned, or an entry on disk under its key), asked
+        without loading a model: a plan's 'cached' column. Its dataset must be in `datasets`."""
+        return spec.pinned or self.entry_of(spec) is not None
 
-    def key(self, recipe: Recipe, teacher: Trained | None = None) -> str:
-        dataset = self.datasets[recipe.dataset]
-        parts = [recipe.fingerprint(), dataset.variant, dataset.checksum, TRAINER_VERSION,
-                 cache_key_settings(dataset.test.images.device)]
-        if recipe.teacher:
-            if teacher is None:
-                raise ValueError(f"{recipe.name}: the key of a student names its teacher's weights")
-            parts.append(teacher.weights)
-        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+    def entry_of(self, spec: ModelSpec) -> Path | None:
+        """The file of the spec's entry when the cache holds one (its teacher's entry names the key)."""
+        teacher_weights = None
+        if spec.teacher is not None:
+            if spec.teacher.pinned:
+                teacher_weights = read_manifest()[spec.teacher.name].get("weights_sha256")
+            else:
+                entry = self.entry_of(spec.teacher)
+                if entry is None:
+                    return None
+                try:
+                    teacher_weights = load_checkpoint(entry, accept_unsealed=True).metrics.get("weights_sha256")
+                except CheckpointError:
+                    return None
+            if not teacher_weights:
+                return None
+        path = self.path(spec, self.key(spec, teacher_weights))
+        return path if path.is_file() else None
 
-    def path(self, recipe: Recipe, key: str) -> Path:
-        return self.root / f"{recipe.name}-seed{recipe.seed}-{key}.pt"
+    def path(self, spec: ModelSpec, key: str) -> Path:
+        return self.root / spec.file_name(key)
 
-    def trained(self) -> list[Trained]:
-        """Everything trained or loaded so far (for reports)."""
-        return list(self._memory.values())
+    def entries(self, recipe_name: str) -> list[Path]:
+        """The entries of any seed of a recipe, newest first (the benchmarks take whichever is there)."""
+        if not self.root.is_dir():
+            return []
+        pattern = entry_pattern(recipe_name)
+        found = [p for p in self.root.iterdir() if pattern.match(p.name) and p.is_file()]
+        return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
 
-    def get(self, recipe: Recipe) -> Trained:
-        """The model for `recipe`: pinned, from memory, from disk, or trained now (teacher first)."""
-        if self.uses_pinned(recipe):
-            return self._pinned(recipe)
-        if recipe.teacher:  # the student fits its teacher (shapes, taps, adapter) before the teacher is trained
-            teacher_recipe, dataset = self.teacher_of(recipe), self.datasets[recipe.dataset]
-            check_distillation(recipe, teacher_recipe.arch, teacher_recipe.arch_kwargs,
+    def get(self, spec: ModelSpec) -> Trained:
+        """The model of a spec (`kdverify.spec.resolve`): pinned, from memory, from disk, or trained now
+        (teacher first)."""
+        if spec.pinned:
+            return self._pinned(spec.recipe)
+        recipe = spec.recipe
+        if spec.teacher is not None:  # the student fits its teacher (shapes, taps, adapter) before it is trained
+            dataset = self.datasets[recipe.dataset]
+            check_distillation(recipe, spec.teacher.recipe.arch, spec.teacher.recipe.arch_kwargs,
                                tuple(dataset.test.images.shape[1:]), len(dataset.classes))
-        teacher = self.get(self.teacher_of(recipe)) if recipe.teacher else None
-        key = self.key(recipe, teacher)
+        teacher = self.get(spec.teacher) if spec.teacher is not None else None
+        key = self.key(spec, teacher.weights if teacher else None)
         if key in self._memory:
             return self._memory[key]
         dataset = self.datasets[recipe.dataset]
         device = dataset.test.images.device
-        path = self.path(recipe, key)
+        path = self.path(spec, key)
         trained = self._load(path, recipe, key, device) if path.is_file() else None
         if trained is None:
             with exclusive(path, f"{recipe.name} seed {recipe.seed}", say=self._say):
                 trained = self._load(path, recipe, key, device) if path.is_file() else None  # filled while we waited
+                if trained is None:
+                    remote = self.executor.fetch(spec) if self.executor is not None else None
+                    if remote is not None:
+                        trained = self._from_task(remote, spec, key, path, dataset)
                 if trained is None:
                     if not self.train_missing:
                         raise NotCached(f"{recipe.name} seed {recipe.seed} is not in the cache {self.root}")
@@ -182,8 +214,8 @@ class ModelCache:
 
     def _train(self, recipe: Recipe, key: str, path: Path, dataset: Dataset, teacher: Trained | None) -> Trained:
         result = fit(recipe, dataset, teacher=teacher.model if teacher else None, progress=self.progress)
-        metrics = result_metrics(result, key)
-        payload = checkpoint_payload(result.model, recipe.arch, result.arch_kwargs, dataset, recipe.to_dict(), metrics)
+        payload = trained_payload(result, recipe, dataset, key, teacher.weights if teacher else None)
+        metrics = payload["metrics"]
         try:
             save_checkpoint(path, payload, force=True)  # atomic rename: a reader of the old entry keeps its inode
         except CheckpointError as exc:  # a full disk, a folder gone read-only: the session keeps the model
@@ -191,6 +223,26 @@ class ModelCache:
                       "trains again next time)")
         return Trained(recipe, key, result.evaluation, result.history, result.seconds, "trained",
                        metrics["weights_sha256"], metrics["machine"], metrics["settings"], model=result.model)
+
+    def _from_task(self, remote: tuple[bytes, str], spec: ModelSpec, key: str, path: Path,
+                   dataset: Dataset) -> Trained:
+        """A model another process trained (a Ray task): verified (seal, weights sha256, cache key) before it
+        becomes this cache's entry, and measured here from its weights like any entry."""
+        blob, where = remote
+        device = dataset.test.images.device
+        ckpt = checkpoint_from_bytes(blob, f"the Ray task's checkpoint of {spec.label}", device)
+        if ckpt.metrics.get("cache_key") != key:
+            raise KdverifyError(f"the Ray task of {spec.label} trained under cache key {ckpt.metrics.get('cache_key')}"
+                                f", this session expects {key}: the worker has other data, torch or kernels")
+        try:
+            atomic_write_bytes(path, blob)
+        except OSError as exc:
+            self._say(f"cannot write {path} ({exc}); {spec.label} is used from memory this session")
+        model = ckpt.model.to(device)
+        metrics = ckpt.metrics
+        return Trained(spec.recipe, key, evaluate(model, dataset.test, dataset.mean, dataset.std),
+                       *_recorded_training(metrics), "trained", metrics["weights_sha256"],
+                       f"{metrics.get('machine', '')}, {where}", dict(metrics.get("settings", {})), model=model)
 
     def _say(self, message: str) -> None:
         if self._say_to is not None:
@@ -204,32 +256,37 @@ class ModelCache:
         for a student, when it was not distilled from the teacher this cache holds for its recipe."""
         ckpt = load_checkpoint(checkpoint)
         recipe = Recipe.from_dict(ckpt.recipe)
-        expected = get_recipe(recipe.name, self.budget).with_seed(recipe.seed)
+        spec = resolve(recipe.name, self.budget, seed=recipe.seed)
+        expected = spec.recipe
+        if spec.pinned:
+            raise CheckpointError(f"{checkpoint}: {recipe.name} is pinned in the {self.budget} budget (kdverify/"
+                                  "teachers/); a trained one is adopted in the paper budget (`--budget paper`)")
         if recipe.fingerprint() != expected.fingerprint():
             raise CheckpointError(f"{checkpoint}: trained with recipe {recipe.fingerprint()}, but {recipe.name} "
                                   f"in the {self.budget} budget is {expected.fingerprint()}")
         dataset = self.datasets[recipe.dataset]
         if ckpt.dataset_variant != dataset.variant:
             raise CheckpointError(f"{checkpoint}: trained on {ckpt.dataset_variant}, this data is {dataset.variant}")
-        teacher = self._cached_teacher(checkpoint, recipe, ckpt.metrics) if recipe.teacher else None
-        key = self.key(recipe, teacher)
+        teacher = self._cached_teacher(checkpoint, spec, ckpt.metrics) if spec.teacher else None
+        key = self.key(spec, teacher.weights if teacher else None)
         metrics = {"machine": machine_description(), **ckpt.metrics,  # older checkpoints did not record it
                    "cache_key": key, "weights_sha256": state_digest(ckpt.model)}
-        path = self.path(recipe, key)
+        path = self.path(spec, key)
         with exclusive(path, f"{recipe.name} seed {recipe.seed}", say=self._say):
             save_checkpoint(path, checkpoint_payload(ckpt.model, ckpt.arch, ckpt.arch_kwargs, dataset, ckpt.recipe,
                                                      metrics), force=True)
         return path
 
-    def _cached_teacher(self, checkpoint: str | os.PathLike, recipe: Recipe, metrics: dict[str, Any]) -> Trained:
+    def _cached_teacher(self, checkpoint: str | os.PathLike, spec: ModelSpec, metrics: dict[str, Any]) -> Trained:
         """The teacher a student to adopt names, which must already be here and be the one it learnt from."""
-        teacher_recipe = self.teacher_of(recipe)
-        if not self.uses_pinned(teacher_recipe):
-            teacher_key = self.key(teacher_recipe)
-            if not self.path(teacher_recipe, teacher_key).is_file():
+        teacher_spec = spec.teacher
+        assert teacher_spec is not None
+        teacher_recipe = teacher_spec.recipe
+        if not teacher_spec.pinned:
+            if not self.path(teacher_spec, self.key(teacher_spec)).is_file():
                 raise CheckpointError(f"{checkpoint}: its teacher {teacher_recipe.name} is not in the cache; "
                                       "cache-add the teacher first")
-        teacher = self.get(teacher_recipe)
+        teacher = self.get(teacher_spec)
         if metrics.get("teacher_weights_sha256") != teacher.weights:
             raise CheckpointError(f"{checkpoint}: it was not distilled from the cached {teacher_recipe.name} "
                                   f"(teacher weights {str(metrics.get('teacher_weights_sha256'))[:12]} vs "

@@ -124,13 +124,18 @@ def save_checkpoint(path: str | os.PathLike, payload: dict, force: bool = False)
         raise CheckpointError(f"{path} exists; pass --force to overwrite it")
     if path.is_dir():
         raise CheckpointError(f"{path} is a directory")
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
     try:
-        atomic_write_bytes(path, buffer.getvalue())
+        atomic_write_bytes(path, checkpoint_bytes(payload))
     except OSError as exc:
         raise CheckpointError(f"cannot write {path}: {exc.strerror or exc}") from None
     return path
+
+
+def checkpoint_bytes(payload: dict) -> bytes:
+    """A checkpoint as bytes: what a file holds, and what a remote training task sends back."""
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return buffer.getvalue()
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
@@ -150,6 +155,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         blob = path.read_bytes()
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    return checkpoint_from_bytes(blob, path, map_location, accept_unsealed)
+
+
+def checkpoint_from_bytes(blob: bytes, path: str | os.PathLike, map_location: str | torch.device = "cpu",
+                          accept_unsealed: bool = False) -> Checkpoint:
+    """`load_checkpoint` of bytes already read (a file, or a remote task's result); `path` names them in errors."""
     if not blob:
         raise CheckpointError(f"{path} is empty")
     try:

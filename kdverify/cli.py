@@ -23,9 +23,9 @@ import click
 import torch
 
 from kdverify.errors import KdverifyError
+from kdverify.paths import IMPORT_ENV, imports_from_env
 from kdverify.recipes import BUDGETS, MAX_EPOCHS
 
-IMPORT_ENV = "KDVERIFY_IMPORT"
 SEED_MAX = 2**63 - 1  # torch seeds are 64-bit; a larger one would fail only after the data is loaded
 DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
 
@@ -157,7 +157,7 @@ def main(ctx: click.Context, imports: tuple[str, ...]) -> None:
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _raise_terminated)  # None: set outside Python, i.e. the default
         ctx.call_on_close(lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous))
-    names = [n.strip() for n in os.environ.get(IMPORT_ENV, "").split(",") if n.strip()] + list(imports)
+    names = imports_from_env() + list(imports)
     _import_user_modules(list(dict.fromkeys(names)))
 
 
@@ -203,8 +203,8 @@ def _save_or_rescue(out_path: Path, payload: dict, force: bool, recipe_name: str
     """A failure after training (disk full, folder gone) must not throw the model away: it is kept
     under the user cache, and the one-line error says where."""
     from kdverify.checkpoint import save_checkpoint
-    from kdverify.data import default_cache_dir
     from kdverify.io import describe_os_error
+    from kdverify.paths import rescue_dir
 
     try:
         save_checkpoint(out_path, payload, force=force)
@@ -213,7 +213,7 @@ def _save_or_rescue(out_path: Path, payload: dict, force: bool, recipe_name: str
         failure = str(exc) if isinstance(exc, KdverifyError) else (
             f"cannot write {out_path}: {describe_os_error(exc) if isinstance(exc, OSError) else repr(exc)}")
     stem = re.sub(r"[^\w.-]", "_", recipe_name) + "-" + time.strftime("%Y%m%d-%H%M%S")
-    rescue = default_cache_dir() / "rescued" / f"{stem}.pt"
+    rescue = rescue_dir() / f"{stem}.pt"
     if rescue.exists():
         rescue = rescue.with_name(f"{stem}-{os.getpid()}.pt")
     try:
@@ -228,20 +228,19 @@ def _train_and_save(recipe_name: str, budget: str, out: str, force: bool, data_r
                     seed: int | None, epochs: int | None, teacher_path: str | None, deterministic: bool) -> None:
     import dataclasses
 
-    from kdverify.cache import result_metrics
-    from kdverify.checkpoint import checkpoint_payload, load_checkpoint, state_digest
+    from kdverify.cache import trained_payload
+    from kdverify.checkpoint import load_checkpoint, state_digest
     from kdverify.data import load_dataset
     from kdverify.io import check_writable
-    from kdverify.recipes import get_recipe
     from kdverify.cpu_memory import keep_freed_memory
+    from kdverify.spec import resolve
     from kdverify.train import fit
 
     _set_deterministic(deterministic)
     keep_freed_memory()  # this process is kdverify's own: reuse freed heap pages (see kdverify.cpu_memory)
     dev = resolve_device(device)
-    recipe = get_recipe(recipe_name, budget)
-    if seed is not None:
-        recipe = recipe.with_seed(seed)
+    spec = resolve(recipe_name, budget, seed=seed)
+    recipe = spec.recipe
     if epochs is not None:
         recipe = dataclasses.replace(recipe, epochs=epochs)
     if recipe.teacher and not teacher_path:
@@ -256,7 +255,7 @@ def _train_and_save(recipe_name: str, budget: str, out: str, force: bool, data_r
         if Path(teacher_path).resolve() == out_path.resolve():
             raise KdverifyError(f"--out {out} is the teacher checkpoint itself; write the student elsewhere")
         ckpt = load_checkpoint(teacher_path, map_location=dev)
-        expected = get_recipe(recipe.teacher, budget).arch if recipe.teacher else None
+        expected = spec.teacher.recipe.arch if spec.teacher else None
         if expected and ckpt.arch != expected:
             raise KdverifyError(f"{teacher_path} is a {ckpt.arch}; recipe {recipe.name} needs a {expected} teacher")
         teacher_fits_student(ckpt, recipe, teacher_path)  # before any data is loaded or anything written
@@ -271,10 +270,8 @@ def _train_and_save(recipe_name: str, budget: str, out: str, force: bool, data_r
     click.echo(f"training {recipe.name} ({budget} budget, {recipe.epochs} epochs) on {dataset.variant}, {dev}",
                err=True)
     result = fit(recipe, dataset, teacher=teacher)
-    metrics = result_metrics(result, recipe.fingerprint())
-    if teacher is not None:
-        metrics["teacher_weights_sha256"] = ckpt.weights_sha256 or state_digest(teacher)  # `cache-add` checks it
-    payload = checkpoint_payload(result.model, recipe.arch, result.arch_kwargs, dataset, recipe.to_dict(), metrics)
+    teacher_weights = (ckpt.weights_sha256 or state_digest(teacher)) if teacher is not None else None
+    payload = trained_payload(result, recipe, dataset, recipe.fingerprint(), teacher_weights)
     _save_or_rescue(out_path, payload, force, recipe.name)
     ev = result.evaluation
     click.echo(f"wrote {out_path}: {recipe.name}, test errors {ev.errors}/{ev.total} "
@@ -512,6 +509,35 @@ def reference_command(seeds: int, budget: str, data_root: str | None, cache: str
     path = measure_reference(seeds, budget, data_root, cache, Path(out) if out else None, force, claim_ids or None,
                              cached_only=cached_only)
     click.echo(f"wrote {path}")
+
+
+@main.command("plan")
+@budget_option
+@click.option("--seeds", type=click.IntRange(1, 1000), default=1, show_default=True,
+              help="Seed offsets 0..N-1 of every student, as pytest's --kd-seeds (teachers fixed).")
+@click.option("--claim", "claim_ids", multiple=True, help="Only these claim ids (repeatable).")
+@click.option("--claims", "claims_ref", default="kdverify.paper_claims:CLAIMS", show_default=True,
+              metavar="MODULE:NAME", help="The list of Claim objects to plan for, e.g. your own (see --import).")
+@data_root_option
+@click.option("--cache", type=click.Path(file_okay=False), default=None, help="Model cache folder.")
+@recipe_file_option
+@_one_line_errors
+def plan_command(budget: str, seeds: int, claim_ids: tuple[str, ...], claims_ref: str, data_root: str | None,
+                 cache: str | None) -> None:
+    """Every model a claims run needs, teachers first: cached or not, expected cost. Trains nothing."""
+    from kdverify.calibrate import claims_from
+    from kdverify.lab import ClaimsLab
+    from kdverify.plan import estimate_seconds, format_plan, make_plan, mark_cached
+
+    claims = claims_from(claims_ref)
+    unknown = sorted(set(claim_ids) - {c.id for c in claims})
+    if unknown:
+        raise KdverifyError(f"unknown claim id(s) {', '.join(unknown)}")
+    chosen = [c for c in claims if not claim_ids or c.id in claim_ids]
+    plan = make_plan(chosen, budget, seeds)
+    mark_cached(plan, ClaimsLab(data_root, budget, "auto", cache, progress=None))
+    estimate_seconds(plan)
+    click.echo(format_plan(plan, budget, seeds))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -18,12 +17,14 @@ import kdverify
 from kdverify.cache import ModelCache, ModelRecord, Trained
 from kdverify.checkpoint import machine_description
 from kdverify.claims import Claim, Measurement, Verdict, judge, measure
-from kdverify.data import Dataset, default_cache_dir, load_dataset
+from kdverify.data import Dataset, load_dataset
 from kdverify.determinism import numeric_settings, set_deterministic
 from kdverify.errors import DataError
-from kdverify.recipes import get_recipe, is_teacher, moves_with_seeds
+from kdverify.paths import model_cache_dir
+from kdverify.recipes import get_recipe, moves_with_seeds
 from kdverify.references import Reference, load_references
 from kdverify.sampling import Sample
+from kdverify.spec import ModelSpec, resolve
 from kdverify.train import TRAINER_VERSION, ProgressFn, print_progress
 
 
@@ -63,12 +64,10 @@ class ClaimsLab:
         if deterministic:
             set_deterministic()
         self.device = resolve_lab_device(device, worker)
-        self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir() / "models"
+        self.cache_dir = model_cache_dir(cache_dir)
         self._datasets: dict[str, Dataset] = {}
         self._data_errors: dict[str, DataError] = {}
-        self.cache = ModelCache(self.cache_dir, self._datasets, budget, progress, teacher_seed_offset=seed_offset,
-                                say=say)
-        self.verdicts: list[Verdict] = []
+        self.cache = ModelCache(self.cache_dir, self._datasets, budget, progress, say=say)
         self.references: dict[str, Reference] | None = None  # loaded on first use (kdverify.references)
         self._sample_offset = 0  # the seed offset of the sample being measured (--kd-seeds): students only
         self._touched: dict[str, Trained] = {}  # models the claim being checked asked for
@@ -88,15 +87,16 @@ class ClaimsLab:
 
     def trained(self, recipe: str, seed: int | None = None) -> Trained:
         """The trained model of a recipe at this budget (seed: override, before the lab's offset)."""
-        base = get_recipe(recipe, self.budget)
-        self.dataset(base.dataset)
-        offset = self.seed_offset + (0 if is_teacher(recipe) else self._sample_offset)  # teachers stay fixed
-        model = self.cache.get(base.with_seed((base.seed if seed is None else seed) + offset))
-        teacher = self.cache.get(self.cache.teacher_of(model.recipe)) if base.teacher else None
-        for m in (teacher, model):
-            if m is not None:
-                self._touched.setdefault(m.provenance, m)
+        spec = self.spec(recipe, seed)
+        self.dataset(spec.recipe.dataset)
+        model = self.cache.get(spec)
+        for m in [self.cache.get(s) for s in spec.lineage() if s is not spec] + [model]:
+            self._touched.setdefault(m.provenance, m)
         return model
+
+    def spec(self, recipe: str, seed: int | None = None) -> ModelSpec:
+        """What `trained` would fetch: the lab's seed offset on every trained model, the sample's on students."""
+        return resolve(recipe, self.budget, seed, offset=self.seed_offset, student_offset=self._sample_offset)
 
     def environment(self, dataset: Dataset | None = None) -> dict[str, object]:
         """What a verdict was measured with: versions, machine, threads, determinism, data checksum."""
@@ -156,7 +156,6 @@ class ClaimsLab:
             result.seeds = [0]
         self._attach_reference(result)
         self.last_models = [m.record() for m in self._touched.values()]
-        self.verdicts.append(result)
         return result
 
     def _attach_reference(self, verdict: Verdict) -> None:
@@ -181,12 +180,7 @@ class ClaimsLab:
         result = Verdict(claim, self.budget, None, claim.threshold, verdict, reason, 0.0, str(self.device), "",
                          environment=self.environment())
         self.last_models = []
-        self.verdicts.append(result)
         return result
 
     def dataset_of(self, claim: Claim) -> str | None:
         return get_recipe(claim.recipes[0], self.budget).dataset if claim.recipes else None
-
-    def trained_models(self) -> list[Trained]:
-        """Everything trained or loaded this session (for pictures)."""
-        return self.cache.trained()

@@ -26,6 +26,7 @@ import pytest
 
 from kdverify.errors import DataCorrupt, DataError, first_line
 from kdverify.ledger import Ledger, attach
+from kdverify.paths import named_data_root
 
 if TYPE_CHECKING:  # the plugin loads in every pytest run of the environment: torch only when a claim runs
     from kdverify.claims import Claim, Verdict
@@ -203,7 +204,7 @@ def _lab(config: pytest.Config):  # noqa: ANN202 - imported lazily so plain `pyt
 
 
 def _data_root(config: pytest.Config) -> str | None:
-    return config.getoption("--kd-data-root") or os.environ.get("KDVERIFY_DATA")
+    return named_data_root(config.getoption("--kd-data-root"))
 
 
 def _data_required(config: pytest.Config) -> bool:

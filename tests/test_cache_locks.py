@@ -20,7 +20,7 @@ import json, sys, time
 import tiny_project  # registers the dataset and recipes
 from kdverify.cache import ModelCache
 from kdverify.data import load_dataset
-from kdverify.recipes import get_recipe
+from kdverify.spec import resolve
 
 root, recipe_name, slow, mode = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
 if mode == "die-while-writing":
@@ -35,7 +35,7 @@ def progress(recipe, record, total):
     print(f"EPOCH {recipe.name} {record.epoch}", flush=True)
     time.sleep(slow)
 
-recipe = get_recipe(recipe_name, "paper")
+recipe = resolve(recipe_name, "paper")
 cache = ModelCache(root, {"tiny": load_dataset("tiny")}, "paper", progress=progress, say=lambda m: print(m, flush=True))
 trained = cache.get(recipe)
 print("RESULT " + json.dumps({"source": trained.source, "weights": trained.weights}), flush=True)
@@ -109,31 +109,14 @@ def test_a_holder_killed_while_writing_leaves_nothing_corrupt_and_its_temporary_
     assert _result(again.communicate(timeout=120)[0])["source"] == "cache"
 
 
-@pytest.fixture
-def tiny_registered():
-    """tiny_project's dataset and recipes, registered for one test and removed after it."""
-    import importlib
-
-    from kdverify import data, recipes
-
-    saved = dict(data.LOADERS), dict(recipes.RECIPES)
-    import tiny_project
-
-    importlib.reload(tiny_project)
-    yield
-    for registry, before in zip((data.LOADERS, recipes.RECIPES), saved):
-        registry.clear()
-        registry.update(before)
-
-
 @pytest.mark.parametrize("damage", ["garbage", "truncate", "flip"])
 def test_a_corrupt_entry_is_retrained_under_the_lock_never_trusted(tmp_path, damage, capsys, tiny_registered):
 
     from kdverify.cache import ModelCache
     from kdverify.data import load_dataset
-    from kdverify.recipes import get_recipe
+    from kdverify.spec import resolve
 
-    recipe = get_recipe("tiny-hard", "paper")
+    recipe = resolve("tiny-hard", "paper")
 
     def fresh_cache():  # a new process's view: nothing in memory
         return ModelCache(tmp_path / "cache", {"tiny": load_dataset("tiny")}, "paper", progress=None)

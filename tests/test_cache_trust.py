@@ -10,6 +10,7 @@ from kdverify import data, recipes
 from kdverify.cache import ModelCache
 from kdverify.data import load_dataset
 from kdverify.recipes import get_recipe
+from kdverify.spec import resolve
 
 
 @pytest.fixture(autouse=True)
@@ -25,7 +26,7 @@ def tiny(monkeypatch):
 
 def test_an_edited_confusion_matrix_in_a_cache_entry_changes_no_number(tmp_path):
     datasets = {"tiny": load_dataset("tiny")}
-    recipe = get_recipe("tiny-hard", "paper")
+    recipe = resolve("tiny-hard", "paper")
     trained = ModelCache(tmp_path, datasets, "paper", progress=None).get(recipe)
     (entry,) = tmp_path.glob("tiny-hard-*.pt")
     sealed = torch.load(entry, weights_only=True)
@@ -54,7 +55,7 @@ def test_a_student_recipe_whose_teacher_learns_other_data_is_refused_before_trai
     register_recipe(dataclasses.replace(kd, name="tiny-kd-mnist-teacher", teacher="hinton-teacher"))
     cache = ModelCache(None, {"tiny": load_dataset("tiny")}, "paper", progress=None)
     with pytest.raises(KdverifyError, match="distils on 'tiny' from hinton-teacher, which trains on 'mnist'"):
-        cache.get(get_recipe("tiny-kd-mnist-teacher", "paper"))
+        cache.get(resolve("tiny-kd-mnist-teacher", "paper"))
 
 
 def test_a_cache_that_cannot_be_written_keeps_the_trained_model_for_the_session(tmp_path, monkeypatch):
@@ -67,7 +68,7 @@ def test_a_cache_that_cannot_be_written_keeps_the_trained_model_for_the_session(
     said = []
     monkeypatch.setattr(cache_module, "save_checkpoint", disk_full)
     cache = ModelCache(tmp_path, {"tiny": load_dataset("tiny")}, "paper", progress=None, say=said.append)
-    trained = cache.get(get_recipe("tiny-hard", "paper"))
+    trained = cache.get(resolve("tiny-hard", "paper"))
     assert trained.source == "trained" and trained.model is not None and trained.evaluation.total == 200
     assert "No space left on device" in said[0] and "used from memory this session" in said[0]
     assert not list(tmp_path.glob("*.pt"))
@@ -85,5 +86,5 @@ def test_a_student_that_cannot_join_its_teacher_fails_before_the_teacher_trains(
     cache = ModelCache(None, {"tiny": load_dataset("tiny")}, "paper", progress=lambda *a: trained.append(a))
     with pytest.raises(KdverifyError, match="recipe 'tiny-hint': objective 'hint' cannot join student light_nn to "
                                             "teacher hinton_mlp on inputs \\(1, 28, 28\\)"):
-        cache.get(get_recipe("tiny-hint", "paper"))
+        cache.get(resolve("tiny-hint", "paper"))
     assert trained == []  # not even the teacher
