@@ -55,9 +55,40 @@ def test_unknown_claim_id_is_refused_before_training(tmp_path):
     assert result.exit_code == 1 and "unknown claim id(s) nope.claim" in result.output
 
 
-def test_thresholds_option_is_gone():
-    result = CliRunner().invoke(main, ["calibrate", "--thresholds", "x.json"])
-    assert result.exit_code == 2 and "No such option" in result.output
+def test_every_seed_offset_is_measured_and_the_threshold_comes_from_the_claim_never_the_runs(tmp_path, monkeypatch):
+    """One lab per seed offset (given as repeated --seeds), every claim measured in each; the margins are taken to
+    the claim's own threshold (the data variant's), whatever the runs measured, and only --out is written."""
+    from types import SimpleNamespace
+
+    import kdverify.lab
+    from kdverify.claims import Claim
+
+    claims = [Claim("c.hard", "me", "few errors", "errors_on_test", {"recipe": "r"}, None, "errors",
+                    Threshold("<=", 100, "mine")),
+              Claim("c.acc", "me", "accurate", "accuracy_pct", {"recipe": "r"}, None, "% acc",
+                    Threshold(">=", 70.0, "mine", 60.0, "stand-in"))]
+    measured = {("c.hard", 0): 90, ("c.hard", 3): 120, ("c.acc", 0): 65.0, ("c.acc", 3): 75.0}
+    offsets = []
+
+    class FakeLab:
+        def __init__(self, *args, seed_offset=0, **kwargs):
+            offsets.append(seed_offset)
+            self.offset = seed_offset
+
+        def check(self, claim):
+            value = measured[claim.id, self.offset]
+            threshold = claim.threshold.for_data("cifar10-jpeg-q75")  # what a lab on the stand-in applies
+            return SimpleNamespace(measured=value, threshold=threshold, detail="", verdict="?")
+
+    monkeypatch.setattr(kdverify.lab, "ClaimsLab", FakeLab)
+    monkeypatch.chdir(tmp_path)
+    results = calibrate([0, 3], claims=claims, out=tmp_path / "c.json")
+    assert offsets == [0, 3]
+    assert results["c.hard"]["values"] == [90, 120] and results["c.hard"]["threshold"] == "<= 100"
+    assert results["c.hard"]["worst_margin"] == -20 and results["c.hard"]["max"] == 120
+    assert results["c.acc"]["threshold"] == ">= 60" and results["c.acc"]["worst_margin"] == 5.0
+    assert json.loads((tmp_path / "c.json").read_text())["claims"]["c.hard"]["values"] == [90, 120]
+    assert claims[0].threshold.value == 100 and [p.name for p in tmp_path.iterdir()] == ["c.json"]
 
 
 def test_calibrate_measures_a_users_own_claims_and_writes_where_told(tmp_path, monkeypatch):

@@ -271,10 +271,42 @@ def test_deterministic_is_set_before_anything_is_built(tmp_path, stand_ins, monk
     assert stand_ins == (["deterministic", "load", "fit", "deterministic", "load"] if flag else ["load", "fit", "load"])
 
 
-@pytest.mark.parametrize("command", ["train", "distill", "evaluate"])
-def test_deterministic_help(command):
-    result = run(command, "--help")
-    assert "--deterministic" in result.output and "1 thread" in result.output and "slower" in result.output
+@pytest.fixture
+def torch_modes_restored(monkeypatch):
+    """--deterministic changes process-wide torch state: put threads, kernels and cuDNN flags back after."""
+    saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    yield
+    torch.set_num_threads(saved[0])
+    torch.use_deterministic_algorithms(saved[1])
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[2], saved[3]
+
+
+@pytest.mark.parametrize("command", ["train", "distill"])
+def test_deterministic_trains_on_one_thread_with_deterministic_kernels_and_the_checkpoint_says_so(
+        tmp_path, stand_ins, tiny_mnist, monkeypatch, torch_modes_restored, command):
+    """What the option's help promises (1 thread, deterministic kernels), seen from inside the training, and
+    recorded in the checkpoint's settings; without it, neither is forced."""
+    seen = []
+    stand_in_fit = train_module.fit
+
+    def fit(recipe, dataset, teacher=None, progress=None):
+        seen.append((torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()))
+        return stand_in_fit(recipe, dataset, teacher, progress)
+
+    monkeypatch.setattr(train_module, "fit", fit)
+    torch.set_num_threads(2)
+    torch.use_deterministic_algorithms(False)
+    args = (["train", "--recipe", "hinton-teacher"] if command == "train"
+            else ["distill", "--teacher", str(_teacher(tmp_path, tiny_mnist)), "--recipe", "hinton-student-kd"])
+    assert run(*args, "--out", str(tmp_path / "plain.pt")).exit_code == 0
+    result = run(*args, "--out", str(tmp_path / "det.pt"), "--deterministic")
+    assert result.exit_code == 0, result.output
+    assert seen == [(2, False), (1, True)]
+    settings = {name: load_checkpoint(tmp_path / f"{name}.pt").metrics["settings"] for name in ("plain", "det")}
+    assert (settings["det"]["threads"], settings["det"]["deterministic"]) == (1, True)
+    assert (settings["plain"]["threads"], settings["plain"]["deterministic"]) == (2, False)
 
 
 # ---------------------------------------------------------------- 8. SIGTERM and Ctrl-C

@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from kdverify import data
+from kdverify.claims import Threshold
 from kdverify.data import load_cifar10, load_mnist
 from kdverify.errors import DataCorrupt, DataMissing
 
@@ -252,6 +253,8 @@ def test_jpeg_stand_in_is_decoded_once_then_read_from_the_cache(tmp_path, monkey
     tar = _fake_jpeg_tar(tmp_path, monkeypatch)
     ds = load_cifar10(tmp_path, cache_dir=tmp_path / "cache")
     assert ds.variant == "cifar10-jpeg-q75" and ds.train.images.shape == (6, 3, 32, 32)
+    stated = Threshold(">=", 73.69, "tutorial - 1 pt", 72.69, "tutorial - 2 pt")
+    assert stated.for_data(ds.variant).value == 72.69  # the variant this loader names is the one claims relax for
     assert ds.train.labels.tolist() == [0, 3, 9] * 2 and ds.test.labels.tolist() == [0, 3, 9]
     assert _cache_file(tmp_path / "cache").is_file() and "decoding" in capsys.readouterr().err
     reference = _reference(tar)

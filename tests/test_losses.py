@@ -29,12 +29,20 @@ def test_soft_term_matches_both_reference_forms(T):
     torch.testing.assert_close(soft_target_kl(s, t, T), blog_soft_loss(s, t, T))
 
 
-@pytest.mark.filterwarnings("ignore:reduction. 'mean' divides:UserWarning")  # the mistake, shown on purpose
-def test_mean_reduction_would_shrink_the_soft_term_by_the_class_count():
-    """Documented convention: 'mean' divides by classes too; kdverify uses batchmean."""
-    s, t = torch.randn(8, 10), torch.randn(8, 10)
-    mean_form = torch.nn.KLDivLoss(reduction="mean")(F.log_softmax(s / 2, 1), F.softmax(t / 2, 1)) * 4
-    torch.testing.assert_close(soft_target_kl(s, t, 2.0), mean_form * 10)
+def test_soft_term_is_kl_summed_over_classes_averaged_over_examples_times_t_squared():
+    """Worked by hand: teacher p = (3/4, 1/4), student q = (1/2, 1/2), so KL(p || q) = 3/4 ln 3/2 + 1/4 ln 1/2.
+    A class both give no mass adds nothing (a sum over classes, not a mean: 'mean' reduction would divide by
+    the class count), an example the student already matches halves a batch of two (batchmean), and the same
+    distributions at T = 2 give T^2 = 4 times the value."""
+    kl = 0.75 * math.log(1.5) + 0.25 * math.log(0.5)
+    student, teacher = torch.tensor([[0.0, 0.0]]), torch.tensor([[math.log(3.0), 0.0]])
+    assert soft_target_kl(student, teacher, 1.0).item() == pytest.approx(kl, rel=1e-6)
+    third = torch.tensor([[-60.0]])
+    assert soft_target_kl(torch.cat([student, third], 1), torch.cat([teacher, third], 1), 1.0).item() == \
+        pytest.approx(kl, rel=1e-6)
+    assert soft_target_kl(torch.cat([student, teacher]), torch.cat([teacher, teacher]), 1.0).item() == \
+        pytest.approx(kl / 2, rel=1e-6)
+    assert soft_target_kl(student, 2 * teacher, 2.0).item() == pytest.approx(4 * kl, rel=1e-6)
 
 
 def test_kd_mixes_soft_and_hard_terms():

@@ -73,5 +73,21 @@ def test_a_recipes_entry_point_may_return_several_recipes(monkeypatch):
     assert recipes.get_recipe("ep-b", "paper").epochs == 2 and recipes.get_recipe("ep-a", "original").epochs == 1
 
 
-def test_unknown_name_is_a_kdverify_error_and_a_key_error():
-    assert issubclass(UnknownName, KdverifyError) and issubclass(UnknownName, KeyError)
+def test_an_unknown_name_is_caught_as_a_key_error_reads_unquoted_and_the_cli_shows_it_as_one_line(tmp_path):
+    """Code that caught KeyError still catches a lookup miss from every name registry, its text is the message
+    itself (a bare KeyError would wrap it in quotes), and the CLI turns it into one line, exit 1, nothing written."""
+    from click.testing import CliRunner
+
+    from kdverify.cli import main
+
+    for kind, lookup in (("architecture", models.build_model), ("objective", objectives.get_objective),
+                         ("recipe", recipes.get_recipe)):
+        with pytest.raises(KeyError) as info:
+            lookup("no-such-name")
+        assert isinstance(info.value, UnknownName)
+        assert str(info.value).startswith(f"unknown {kind} 'no-such-name' (known: "), str(info.value)
+    out = tmp_path / "x.pt"
+    result = CliRunner().invoke(main, ["train", "--recipe", "no-such-name", "--out", str(out)])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert result.output.startswith("kdverify: error: unknown recipe 'no-such-name' (known: hinton-teacher")
+    assert result.output.count("\n") == 1 and not out.exists()

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from kdverify.cache import Trained
-from kdverify.claims import Claim, Measurement, Threshold, Verdict, judge
+from kdverify.claims import Claim, Threshold, Verdict
 from kdverify.models import HintonMLP
 from kdverify.recipes import get_recipe
 from kdverify.report import budget_note, markdown, paper_error_pct, summary_line, table, write_report
@@ -149,17 +149,6 @@ def test_report_files_list_models_provenance_and_xfail_reasons(tmp_path):
 def test_markdown_without_models_or_pictures():
     md = markdown([_verdict(_claim("a"), "PASS")], [], [])
     assert "## Pictures" not in md and "## Declared unreproducible" not in md and "| a | 74 |" in md
-
-
-def test_judge_gives_the_verdicts_the_report_counts():
-    plain, declared, ungated = _claim("p"), _claim("x", xfail="why"), _claim("r", gated=False)
-    assert judge(plain, Measurement(81)) == ("PASS", plain.threshold)
-    assert judge(plain, Measurement(82))[0] == "FAIL"
-    assert judge(declared, Measurement(90))[0] == "XFAIL" and judge(declared, Measurement(70))[0] == "XPASS"
-    assert judge(ungated, Measurement(900))[0] == "REPORT"
-    acc = _claim("acc", "accuracy_pct", 70.26, ACC, "% acc")
-    assert judge(acc, Measurement(68.5), "cifar10-jpeg-q75")[0] == "PASS"
-    assert judge(acc, Measurement(68.5), "cifar10")[0] == "FAIL"
 
 
 def test_seeded_claims_train_each_seed_once_at_the_labs_offset(tmp_path):
