@@ -215,3 +215,30 @@ def test_bad_plugin_inputs_are_one_line_usage_errors_before_collection(pytester,
         assert result.ret == pytest.ExitCode.USAGE_ERROR, args
         result.stderr.fnmatch_lines([f"*{message}*"])
         assert "INTERNALERROR" not in result.stderr.str() + result.stdout.str()
+
+
+def test_kd_import_in_the_ini_file_is_imported_before_collection_and_before_the_options_modules(pytester):
+    """The ini option `kd_import` (one module a line) does what --kd-import does, first; a module it names that
+    cannot be imported is the same one-line usage error, before collection."""
+    log = pytester.path / "imported.txt"
+    record = f"open({str(log)!r}, 'a').write(__name__ + '\\n')\n"
+    pytester.makepyfile(from_ini_a=record, from_ini_b=record, from_option=record, test_seen=f"""
+import pathlib
+
+SEEN_AT_COLLECTION = pathlib.Path({str(log)!r}).read_text().split()
+
+def test_seen():
+    assert SEEN_AT_COLLECTION == ["from_ini_a", "from_ini_b", "from_option"]
+""")
+    pytester.makeini("[pytest]\nkd_import =\n    from_ini_a\n    from_ini_b\n")
+    result = pytester.runpytest("-p", "no:cacheprovider", "--kd-import", "from_option")
+    result.assert_outcomes(passed=1)
+    log.unlink()
+    result = pytester.runpytest("-p", "no:cacheprovider")  # the ini alone
+    result.assert_outcomes(failed=1)
+    assert "assert ['from_ini_a', 'from_ini_b'] == " in result.stdout.str()
+    pytester.makeini("[pytest]\nkd_import = no_such_module_of_mine\n")
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--kd-import no_such_module_of_mine: cannot import it*"])
+    assert "INTERNALERROR" not in result.stderr.str() + result.stdout.str()
