@@ -9,6 +9,25 @@ from kdverify.data import MNIST_CLASSES, MNIST_NORM, Dataset, Split
 
 pytest_plugins = ["pytester"]
 
+UNIT_TEST_THREADS = "1"
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread_outside_the_claims(request):
+    """Unit tests train toy models, where a second intra-op thread buys nothing and, on a machine with other
+    work (pytest-xdist workers, a background training), costs up to 20x in threads waiting for a core. So one
+    thread here and in the processes these tests start (OMP_NUM_THREADS). Claims keep the machine's threads:
+    their numbers are read beside reference samples recorded at a thread count."""
+    if request.node.get_closest_marker("claims") or "claims" in request.node.path.parts:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(int(UNIT_TEST_THREADS))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", UNIT_TEST_THREADS)
+        yield
+    torch.set_num_threads(threads)
+
 
 def make_pattern_split(n: int, seed: int, channels: int = 1, size: int = 28) -> Split:
     """Learnable images: class c lights a 6x6 square at a position of its own, plus noise."""
