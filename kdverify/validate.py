@@ -166,12 +166,16 @@ def validate_against_torch(model: nn.Module, onnx_model: Path | str | bytes, inp
     """ONNX Runtime vs PyTorch on consecutive slices of `inputs`, one per batch size, at each ORT level.
 
     Raises ExportError unless every output is finite, max |logit difference| <= atol and top-1
-    agreement is 100%. The returned count is the number of distinct inputs checked.
+    agreement is 100%. The returned count is the number of distinct inputs checked (fewer inputs than the batch
+    sizes add up to are used again to fill them).
     """
     name = _shown(onnx_model, name)
     needed = sum(batches)
-    if len(inputs) < needed:
-        raise ValueError(f"validation needs {needed} inputs, got {len(inputs)}")
+    if not len(inputs):
+        raise ValueError("validation needs inputs, got none")
+    distinct = min(len(inputs), needed)
+    if len(inputs) < needed:  # a small test split (a user's dataset): its inputs again, so every batch size is run
+        inputs = inputs.repeat(-(-needed // len(inputs)), *([1] * (inputs.dim() - 1)))[:needed]
     was_training = model.training
     model.eval()
     try:
@@ -187,7 +191,7 @@ def validate_against_torch(model: nn.Module, onnx_model: Path | str | bytes, inp
         got = torch.cat([ort_logits(session, inputs[s:s + b], chunk=b) for s, b in zip(starts, batches)])
         check_finite(got, f"ONNX Runtime ({level})", name)
         results.append(Agreement.of(got, want))
-    result = Agreement(max(r.max_abs_diff for r in results), min(r.agreement for r in results), needed)
+    result = Agreement(max(r.max_abs_diff for r in results), min(r.agreement for r in results), distinct)
     if not result.max_abs_diff <= atol or result.agreement < 1.0:
         raise ExportError(f"{name} disagrees with PyTorch: max |logit difference| {result.max_abs_diff:.2e} "
                           f"(allowed {atol:.1e}), top-1 agreement {100 * result.agreement:.2f}% (required 100%)")

@@ -323,3 +323,25 @@ def test_readme_export_lines_run_in_order(data, tiny_mnist, tmp_path, monkeypatc
         assert result.exit_code == 0, (line, result.output)
     assert sorted(p.name for p in (tmp_path / "exports").iterdir()) == ["student.int8.onnx", "student.onnx"]
     assert "fixed batch 1" in result.output and (tmp_path / "t.onnx").is_file()
+
+
+@pytest.mark.parametrize("batch_dynamic", [True, False])
+def test_a_test_split_smaller_than_the_validation_sample_is_used_again_not_refused(batch_dynamic, data, tiny_mnist,
+                                                                                   tmp_path):
+    """A user's dataset with 200 test images, fewer than the 264 that batch sizes 1, 7 and 256 add up to: export
+    compares ONNX Runtime with PyTorch on those 200 (again where the batches need more), and says 200; it used to
+    fail with 'validation needs 264 inputs, got 200' (fault battery, head 8e69a4c)."""
+    small = Dataset("mnist", "synthetic", "s", tiny_mnist.classes, tiny_mnist.mean, tiny_mnist.std, tiny_mnist.train,
+                    make_pattern_split(200, 5))
+    data["result"] = small
+    ckpt = _checkpoint(tmp_path / "m.pt", small)
+    lines = []
+    report = ex.export_checkpoint(ckpt, tmp_path / "m.onnx", batch_dynamic=batch_dynamic, log=lines.append)
+    assert report.validated_images == 200 and (tmp_path / "m.onnx").is_file()
+    assert "top-1 agreement 100.00% on 200 " in lines[-1], lines[-1]
+
+
+def test_validation_with_no_inputs_is_an_error():
+    with pytest.raises(ValueError, match="validation needs inputs, got none"):
+        v.validate_against_torch(build_model("hinton_mlp", hidden=8).eval(), b"", torch.zeros(0, 1, 28, 28), (1,),
+                                 1e-4)
