@@ -748,7 +748,7 @@ def _metadata_not_edited(b: Battery, folder: Path, r: Run) -> Outcome:
         return refused(r)
     import onnx
 
-    props = {p.key: p.value for p in onnx.load(str(folder / "m.onnx")).metadata_prop}
+    props = {p.key: p.value for p in onnx.load(str(folder / "m.onnx")).metadata_props}
     bad = "4242" in props.get("test_errors", "")
     return Outcome(not bad, ("[ONNX metadata carries the edited number] " if bad else "") +
                    f"test_errors={props.get('test_errors', '')[:70]}")
