@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # the plugin loads in every pytest run of the environment: to
     from kdverify.claims import Claim, Verdict
 
 LAB_KEY = pytest.StashKey["object"]()
+EXECUTOR_KEY = pytest.StashKey["object"]()
 LEDGER_KEY = pytest.StashKey[Ledger]()
 
 
@@ -67,6 +68,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--kd-recipe-file", action="append", default=[], metavar="TOML",
                     help="register the recipes of a TOML file (as `kdverify --recipe-file`) before collection; "
                          "repeatable; ini option `kd_recipe_file` (paths relative to the rootdir)")
+    group.addoption("--kd-plan", action="store_true", default=False,
+                    help="print every model the selected claims need (teachers first, cached or not, expected cost) "
+                         "and exit without training")
+    group.addoption("--kd-executor", choices=("local", "ray"), default="local",
+                    help="where missing models train: local = in this process when a claim needs one (default); "
+                         "ray = all of them planned up front as Ray tasks (pip install 'kdverify[ray]')")
+    group.addoption("--kd-ray-address", default=None, metavar="ADDR",
+                    help="the Ray cluster to use with --kd-executor ray: auto, ray://host:port (default: start a "
+                         "local Ray bound to 127.0.0.1)")
     parser.addini("kd_import", type="linelist", default=[], help="modules kdverify imports first (like --kd-import)")
     parser.addini("kd_recipe_file", type="linelist", default=[],
                   help="TOML recipe files kdverify registers first (like --kd-recipe-file), relative to the rootdir")
@@ -156,11 +166,77 @@ def pytest_configure(config: pytest.Config) -> None:
     _check_output_folders(config)
     _import_user_modules(config)
     _load_recipe_files(config)
+    _start_executor(config)
     if config.getoption("--kd-device", "auto") == "cuda":
         import torch
 
         if not torch.cuda.is_available():
             raise pytest.UsageError("--kd-device cuda asked for, but torch sees no CUDA device")
+
+
+def _start_executor(config: pytest.Config) -> None:
+    """--kd-executor ray: reach (or start) Ray before anything is collected, so a bad address is one line."""
+    if config.getoption("--kd-executor", "local") == "local" or config.getoption("--kd-plan", False):
+        return
+    if _worker(config) or getattr(config.option, "numprocesses", None):
+        raise pytest.UsageError("--kd-executor ray spreads the trainings itself: use it without -n (pytest-xdist)")
+    from kdverify.errors import KdverifyError
+    from kdverify.executors import EXECUTORS
+
+    executor = EXECUTORS.lookup(config.getoption("--kd-executor"))(
+        address=config.getoption("--kd-ray-address"), budget=config.getoption("--kd-budget"),
+        data_root=_data_root(config), deterministic=config.getoption("--kd-deterministic"),
+        imports=[*config.getini("kd_import"), *config.getoption("--kd-import")],
+        recipe_files=[str(config.rootpath / p) for p in config.getini("kd_recipe_file")]
+        + [os.path.abspath(p) for p in config.getoption("--kd-recipe-file")])
+    try:
+        executor.connect()
+    except KdverifyError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    config.stash[EXECUTOR_KEY] = executor
+
+
+def _collected_claims(items: list[pytest.Item]) -> list[Claim]:
+    """The claims the selected tests check (parametrized with `claim`), in collection order, each once."""
+    from kdverify.paper_claims import CLAIMS_BY_ID
+
+    found: dict[str, Claim] = {}
+    for item in items:
+        claim = getattr(item, "callspec", None) and item.callspec.params.get("claim")
+        if isinstance(claim, str):
+            claim = CLAIMS_BY_ID.get(claim)
+        if claim is not None and hasattr(claim, "recipes"):
+            found.setdefault(claim.id, claim)
+    return list(found.values())
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """--kd-plan prints the plan and stops; --kd-executor ray submits what the plan must train."""
+    config = session.config
+    planning, executor = config.getoption("--kd-plan"), config.stash.get(EXECUTOR_KEY, None)
+    if (not planning and executor is None) or _worker(config):
+        return
+    from kdverify.plan import estimate_seconds, format_plan, make_plan, mark_cached
+
+    seeds = config.getoption("--kd-seeds")
+    lab = _lab(config)
+    plan = make_plan(_collected_claims(session.items), lab.budget, seeds)
+    mark_cached(plan, lab)
+    if planning:
+        estimate_seconds(plan)
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        reporter.write_line(format_plan(plan, lab.budget, seeds))
+        pytest.exit("--kd-plan: nothing trained", returncode=0)
+    lab.cache.executor = executor
+    executor.start(plan, lab.cache.entry_of)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Ray tasks still running when the session ends early (Ctrl-C, -x) are cancelled; nothing half-written
+    reaches the cache (only the driver writes entries, whole and verified)."""
+    executor = session.config.stash.get(EXECUTOR_KEY, None)
+    if executor is not None:
+        executor.close(cancel=True)
 
 
 def _worker(config: pytest.Config) -> tuple[int, int] | None:
