@@ -242,3 +242,15 @@ def test_seen():
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--kd-import no_such_module_of_mine: cannot import it*"])
     assert "INTERNALERROR" not in result.stderr.str() + result.stdout.str()
+
+
+def test_claims_and_the_plugin_are_data_importing_them_loads_no_torch():
+    """Installing kdverify must not slow every other pytest run: claims, the paper's claims and the plugin are
+    torch-free; torch loads when a claim is measured."""
+    import subprocess
+    import sys
+
+    code = ("import sys, kdverify.claims, kdverify.paper_claims, kdverify.pytest_plugin\n"
+            "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('kdverify'))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr

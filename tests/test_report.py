@@ -153,13 +153,14 @@ def test_markdown_without_models_or_pictures():
 
 def test_seeded_claims_train_each_seed_once_at_the_labs_offset(tmp_path):
     """Calibration at offset 3 must train students 45, 46, 47 (not the offset added twice)."""
-    from kdverify.claims import mean_accuracy_gain
     from kdverify.lab import ClaimsLab
+    from kdverify.measures import mean_accuracy_gain
 
     lab = ClaimsLab(cache_dir=tmp_path, seed_offset=3, progress=None)
     asked: list[tuple[str, int]] = []
 
-    def fake_get(recipe):
+    def fake_get(spec):
+        recipe = spec.recipe
         asked.append((recipe.name, recipe.seed))
         errors = 500 if recipe.name == "tutorial-lightnn" else 400
         confusion = torch.diag(torch.full((10,), 100))
