@@ -133,9 +133,10 @@ class RayExecutor:
                  recipe_files: list[str] | None = None, say: Callable[[str], None] | None = None) -> None:
         self.address = address
         self.settings = TaskSettings(budget, data_root, deterministic, list(imports or []), list(recipe_files or []))
-        self._say = say or (lambda line: print(line, file=sys.stderr, flush=True))
+        self.say = say or (lambda line: print(line, file=sys.stderr, flush=True))
         self._refs: dict[tuple[str, int], Any] = {}
         self._started: dict[tuple[str, int], float] = {}
+        self._expected: dict[tuple[str, int], float | None] = {}
         self._teachers: dict[tuple[str, int], Any] = {}
         self._owns_ray = False
 
@@ -185,8 +186,9 @@ class RayExecutor:
             self._refs[(item.spec.name, item.spec.seed)] = remote.remote(item.spec.recipe.to_dict(), teacher_ref,
                                                                          self.settings)
             self._started[(item.spec.name, item.spec.seed)] = time.perf_counter()
+            self._expected[(item.spec.name, item.spec.seed)] = item.seconds
         if self._refs:
-            self._say(f"kdverify: {len(self._refs)} model(s) submitted to Ray "
+            self.say(f"kdverify: {len(self._refs)} model(s) submitted to Ray "
                       f"({int(ray.cluster_resources().get('CPU', 0))} CPUs in the cluster)")
 
     def fetch(self, spec: ModelSpec) -> tuple[bytes, str] | None:
@@ -198,11 +200,16 @@ class RayExecutor:
         import ray
 
         started = self._started.pop((spec.name, spec.seed), time.perf_counter())
+        expected = self._expected.pop((spec.name, spec.seed), None)
+        waited = time.perf_counter()
         while True:
-            ready, _ = ray.wait([ref], timeout=60)
+            ready, _ = ray.wait([ref], timeout=30)
             if ready:
                 break
-            self._say(f"kdverify: waiting for the Ray task of {spec.label} ({time.perf_counter() - started:.0f} s)")
+            about = f", about {expected:.0f} s of training expected" if expected else ""
+            self.say(f"kdverify: waiting for Ray to train {spec.label}: submitted "
+                     f"{time.perf_counter() - started:.0f} s ago, waited {time.perf_counter() - waited:.0f} s{about}")
+        self.say(f"kdverify: {spec.label} came back from Ray after {time.perf_counter() - started:.0f} s")
         try:
             return ray.get(ref)
         except ray.exceptions.RayTaskError as exc:

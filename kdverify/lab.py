@@ -67,6 +67,7 @@ class ClaimsLab:
         self.cache_dir = model_cache_dir(cache_dir)
         self._datasets: dict[str, Dataset] = {}
         self._data_errors: dict[str, DataError] = {}
+        self.say = say  # live lines for a person (lock waits, retrains, remote trainings); None: stderr
         self.cache = ModelCache(self.cache_dir, self._datasets, budget, progress, say=say)
         self.references: dict[str, Reference] | None = None  # loaded on first use (kdverify.references)
         self._sample_offset = 0  # the seed offset of the sample being measured (--kd-seeds): students only

@@ -227,6 +227,9 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         reporter = config.pluginmanager.get_plugin("terminalreporter")
         reporter.write_line(format_plan(plan, lab.budget, seeds))
         pytest.exit("--kd-plan: nothing trained", returncode=0)
+    estimate_seconds(plan)
+    if lab.say is not None:
+        executor.say = lab.say  # live, past pytest's capture
     lab.cache.executor = executor
     executor.start(plan, lab.cache.entry_of)
 
