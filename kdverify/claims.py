@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from kdverify.sampling import Sample, statistical_verdict
 
 if TYPE_CHECKING:  # claims are data: importing them loads no torch (the built-in metrics live in kdverify.measures)
-    from kdverify.cache import Trained
+    from kdverify.records import Trained
     from kdverify.data import Dataset
 
 OPS: dict[str, Callable[[float, float], bool]] = {"<=": operator.le, ">=": operator.ge, "==": operator.eq,

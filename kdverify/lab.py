@@ -14,7 +14,8 @@ from typing import Callable
 import torch
 
 import kdverify
-from kdverify.cache import ModelCache, ModelRecord, Trained
+from kdverify.cache import ModelCache
+from kdverify.records import ModelRecord, Trained
 from kdverify.checkpoint import machine_description
 from kdverify.claims import Claim, Measurement, Verdict, judge, measure
 from kdverify.data import Dataset, load_dataset

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 import pytest
 
 if TYPE_CHECKING:  # imported when a report carries a verdict: a pytest run without claims never loads torch
-    from kdverify.cache import ModelRecord
+    from kdverify.records import ModelRecord
     from kdverify.claims import Verdict
 
 PROPERTY = "kdverify"
@@ -53,7 +53,7 @@ class Ledger:
         for name, value in report.user_properties:
             if name != PROPERTY:
                 continue
-            from kdverify.cache import ModelRecord
+            from kdverify.records import ModelRecord
             from kdverify.claims import Verdict
 
             entry: dict[str, Any] = value

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from kdverify.cache import Trained
+from kdverify.records import Trained
 from kdverify.claims import METRICS, Lab, Measurement
 from kdverify.models import build_model, count_parameters
 from kdverify.train import Evaluation, predict_logits, search_bias_shift, shift_logits, transfer_split

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from kdverify.cache import Trained
+from kdverify.records import Trained
 from kdverify.claims import METRIC_DEFINITIONS, STANDIN_VARIANTS, Verdict
 from kdverify.io import atomic_write_bytes
 

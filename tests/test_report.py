@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from kdverify.cache import Trained
+from kdverify.records import Trained
 from kdverify.claims import Claim, Threshold, Verdict
 from kdverify.models import HintonMLP
 from kdverify.recipes import get_recipe
