@@ -104,12 +104,12 @@ def _path_option(config: pytest.Config, option: str, env: str) -> tuple[str, str
 
 def _load_user(path: str, source: str, role: str) -> Model:
     from kdverify.checkpoint import load_checkpoint
-    from kdverify.errors import KdverifyError
+    from kdverify.errors import KdverifyError, first_line
 
     try:
         ckpt = load_checkpoint(Path(path).expanduser())
     except KdverifyError as exc:
-        raise pytest.UsageError(f"{source}: {str(exc).splitlines()[0]}") from None
+        raise pytest.UsageError(f"{source}: {first_line(exc)}") from None
     return from_checkpoint(ckpt, role, path)
 
 

@@ -35,8 +35,8 @@ from kdverify.records import Trained
 from kdverify.pinned import load_pinned, read_manifest
 from kdverify.recipes import Recipe
 from kdverify.spec import ModelSpec, entry_pattern, resolve
-from kdverify.train import TRAINER_VERSION, EpochRecord, ProgressFn, TrainResult, evaluate, fit, \
-    print_progress
+from kdverify.metrics import evaluate
+from kdverify.train import TRAINER_VERSION, EpochRecord, ProgressFn, TrainResult, fit, print_progress
 
 
 if TYPE_CHECKING:

@@ -166,7 +166,7 @@ def checkpoint_from_bytes(blob: bytes, path: str | os.PathLike, map_location: st
     try:
         payload = torch.load(io.BytesIO(blob), map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is the same user-facing problem
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         if "unsupported global" in str(exc).lower():  # every weights_only failure says weights_only; this is code
             reason = "it contains pickled code or classes, refused under weights_only=True"
         elif "weights_only" in str(exc):

@@ -1,4 +1,4 @@
-"""`kdverify` command line: recipes, train, distill, evaluate, export.
+"""`kdverify` command line: recipes, train, distill, evaluate, export, pin, cache-add, calibrate, reference, plan.
 
 Every user-fixable failure is one line on stderr and exit status 1 (2 for usage errors),
 never a traceback; outputs are written atomically and never overwritten without --force.
@@ -22,7 +22,7 @@ from typing import Any, Callable
 import click
 import torch
 
-from kdverify.errors import KdverifyError
+from kdverify.errors import KdverifyError, first_line
 from kdverify.paths import IMPORT_ENV, imports_from_env
 from kdverify.recipes import BUDGETS, MAX_EPOCHS
 
@@ -105,7 +105,7 @@ def _import_user_modules(names: list[str]) -> None:
                 where = f" at {exc.filename}:{exc.lineno}"
             elif frames:
                 where = f" at {frames[-1].filename}:{frames[-1].lineno}"
-            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            detail = first_line(exc) if str(exc).strip() else ""
             _fail(f"importing module {name!r} (--import / ${IMPORT_ENV}) failed{where}: "
                   f"{type(exc).__name__}{': ' + detail if detail else ''}")
 
@@ -341,7 +341,7 @@ def evaluate_command(checkpoint: str, data_root: str | None, device: str, determ
     """Test errors, per-class errors and confusion matrix of a checkpoint on real data."""
     from kdverify.checkpoint import checkpoint_fits_data, load_checkpoint
     from kdverify.data import load_dataset
-    from kdverify.train import evaluate
+    from kdverify.metrics import evaluate
 
     _set_deterministic(deterministic)
     dev = resolve_device(device)

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from kdverify.errors import KdverifyError
+from kdverify.errors import KdverifyError, first_line
 from kdverify.models import build_model, shape_kwargs
 from kdverify.objectives import get_objective
 
@@ -43,7 +43,7 @@ def check_distillation(recipe: Any, teacher_arch: str, teacher_kwargs: dict[str,
                 adapter = objective.adapter(tuple(mine.shape[1:]), tuple(target.shape[1:]))
             objective.loss(recipe, student, x, labels, target, adapter)
     except (ValueError, RuntimeError, TypeError, IndexError) as exc:
-        text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        text = first_line(exc)[:200]
         raise KdverifyError(f"{prefix}recipe {recipe.name!r}: objective {recipe.objective!r} cannot join student "
                             f"{recipe.arch} to teacher {teacher_arch} on inputs {tuple(input_shape)}: {text}") from None
 

@@ -10,7 +10,8 @@ import torch
 from kdverify.records import Trained
 from kdverify.claims import METRICS, Lab, Measurement
 from kdverify.models import build_model, count_parameters
-from kdverify.train import Evaluation, predict_logits, search_bias_shift, shift_logits, transfer_split
+from kdverify.metrics import Evaluation, predict_logits, search_bias_shift, shift_logits
+from kdverify.train import transfer_split
 
 
 def _holdout_logits(lab: Lab, trained: Trained) -> tuple[torch.Tensor, torch.Tensor]:

@@ -43,12 +43,12 @@ class Recipe:
     """Everything that decides a trained model's weights (and so its cache key)."""
 
     name: str
-    dataset: str  # "mnist" | "cifar10"
-    arch: str  # key of models.ARCHITECTURES
+    dataset: str  # a registered dataset (kdverify.data.register_dataset): mnist, cifar10, or a user's
+    arch: str  # a registered architecture (kdverify.models.register_model)
     epochs: int
     lr: float
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
-    objective: str = "ce"  # ce | kd | cosine | hint
+    objective: str = "ce"  # a registered objective (kdverify.objectives): ce, kd, cosine, hint, or a user's
     teacher: str | None = None  # recipe name of the teacher (same budget)
     temperature: float = 1.0
     soft_weight: float = 0.0  # weight of the distillation term; CE gets 1 - soft_weight

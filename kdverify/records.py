@@ -14,7 +14,8 @@ import torch
 
 from kdverify.models import TappedModel
 from kdverify.recipes import Recipe
-from kdverify.train import EpochRecord, Evaluation
+from kdverify.metrics import Evaluation
+from kdverify.train import EpochRecord
 
 
 @dataclass

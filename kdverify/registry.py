@@ -13,7 +13,7 @@ import types
 from importlib.metadata import entry_points
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
-from kdverify.errors import KdverifyError
+from kdverify.errors import KdverifyError, first_line
 
 T = TypeVar("T")
 
@@ -84,9 +84,8 @@ class Registry(dict, Generic[T]):
             try:
                 obj = ep.load()
             except Exception as exc:  # noqa: BLE001 - a broken plugin: one line naming it
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise KdverifyError(f"entry point {ep.name} = {ep.value} ({self.group}) cannot be loaded: "
-                                    f"{type(exc).__name__}: {first}") from None
+                                    f"{type(exc).__name__}: {first_line(exc)}") from None
             if isinstance(obj, types.ModuleType):
                 continue  # importing it registered what it provides
             if self._adopt is not None:

@@ -20,15 +20,11 @@ from torch import nn
 
 from kdverify.data import Augmentation, Dataset, Split, balanced_subset, filter_classes, get_augmentation, \
     iterate_batches, normalize, split_holdout
-from kdverify.metrics import EVAL_BATCH, Evaluation, evaluate, predict_logits, search_bias_shift, shift_bias, \
-    shift_logits
+from kdverify.metrics import EVAL_BATCH, Evaluation, evaluate
 from kdverify.models import TappedModel, build_model, preferred_memory_format, shape_kwargs
 from kdverify.objectives import get_objective
 from kdverify.recipes import Recipe
 
-__all__ = ["TRAINER_VERSION", "EpochRecord", "Evaluation", "TrainResult", "TrainingRun", "evaluate", "fit",
-           "predict_logits", "search_bias_shift", "shift_bias", "shift_logits", "teacher_table", "transfer_indices",
-           "transfer_split"]  # evaluation and bias tools live in kdverify.metrics; re-exported for callers
 
 TRAINER_VERSION = "4"  # bump when a change alters trained weights for the same recipe (part of cache keys)
 

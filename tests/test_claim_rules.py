@@ -10,10 +10,11 @@ import pytest
 import torch
 from torch import nn
 
+import kdverify.measures  # noqa: F401 - registers the built-in metrics into METRICS
 from kdverify.claims import METRICS, Claim, Measurement, Threshold, Verdict, judge, measure
 from kdverify.data import Split
 from kdverify.recipes import RECIPES, get_recipe
-from kdverify.train import Evaluation
+from kdverify.metrics import Evaluation
 
 AT_LEAST_70 = Threshold(">=", 70.0)
 

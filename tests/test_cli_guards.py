@@ -26,7 +26,8 @@ from kdverify.checkpoint import checkpoint_payload, load_checkpoint, save_checkp
 from kdverify.cli import main, resolve_device
 from kdverify.models import build_model
 from kdverify.recipes import BUDGETS, RECIPES, get_recipe
-from kdverify.train import Evaluation, TrainResult
+from kdverify.metrics import Evaluation
+from kdverify.train import TrainResult
 
 
 def run(*args: str, **kwargs):

@@ -12,7 +12,8 @@ from kdverify.checkpoint import checkpoint_payload, load_checkpoint, machine_des
 from kdverify.errors import CheckpointError, KdverifyError
 from kdverify.pinned import MANIFEST, is_pinned, load_pinned, pin_teacher, read_manifest
 from kdverify.recipes import Recipe
-from kdverify.train import TRAINER_VERSION, fit, predict_logits
+from kdverify.metrics import predict_logits
+from kdverify.train import TRAINER_VERSION, fit
 
 RECIPE = Recipe("tiny-teacher", "mnist", "hinton_mlp", arch_kwargs={"hidden": 16}, epochs=1, lr=0.05, momentum=0.9,
                 batch_size=100, note="pinned by a test")

@@ -11,7 +11,8 @@ from kdverify.claims import Claim, Threshold, Verdict
 from kdverify.models import HintonMLP
 from kdverify.recipes import get_recipe
 from kdverify.report import budget_note, markdown, paper_error_pct, summary_line, table, write_report
-from kdverify.train import EpochRecord, Evaluation
+from kdverify.metrics import Evaluation
+from kdverify.train import EpochRecord
 
 ACC = Threshold(">=", 69.26, "tutorial - 1 pt", 68.26, "tutorial - 2 pt")
 

@@ -12,18 +12,8 @@ from kdverify.data import CIFAR_CLASSES, CIFAR_NORM, Dataset, Split, normalize
 from kdverify.losses import pool_to_width
 from kdverify.models import DeepNN, build_model
 from kdverify.recipes import BUDGETS, RECIPES, Recipe, get_recipe
-from kdverify.train import (
-    Evaluation,
-    TrainingRun,
-    fit,
-    lr_factor,
-    predict_logits,
-    search_bias_shift,
-    shift_bias,
-    shift_logits,
-    transfer_indices,
-    transfer_split,
-)
+from kdverify.metrics import Evaluation, predict_logits, search_bias_shift, shift_bias, shift_logits
+from kdverify.train import TrainingRun, fit, lr_factor, transfer_indices, transfer_split
 
 TINY = {"arch_kwargs": {"hidden": 64}, "epochs": 3, "lr": 0.05, "momentum": 0.9, "batch_size": 100}
 
