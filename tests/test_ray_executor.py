@@ -53,6 +53,14 @@ class DiesOnce(HintonMLP):
         return super().forward(x)
 
 
+class Slow(HintonMLP):
+    def forward(self, x):
+        if _on_a_ray_worker():
+            import time
+            time.sleep(0.5)
+        return super().forward(x)
+
+
 class AlwaysDies(HintonMLP):
     def forward(self, x):
         if _on_a_ray_worker():
@@ -62,13 +70,14 @@ class AlwaysDies(HintonMLP):
 
 data.register_dataset("raytiny", lambda root=None: Dataset("raytiny", "raytiny-synthetic", "raytiny-0",
                       tuple(map(str, range(10))), (0.5,), (0.5,), _split(600, 0), _split(200, 1)), replace=True)
-for name, cls in (("raising_mlp", Raising), ("dies_once_mlp", DiesOnce), ("always_dies_mlp", AlwaysDies)):
+for name, cls in (("raising_mlp", Raising), ("dies_once_mlp", DiesOnce), ("always_dies_mlp", AlwaysDies),
+                  ("slow_mlp", Slow)):
     register_model(name, cls, replace=True)
 MLP = dict(hidden=16)
 register_recipe(Recipe("raytiny-teacher", "raytiny", "hinton_mlp", epochs=3, lr=0.05, arch_kwargs=MLP), replace=True)
 register_recipe(Recipe("raytiny-kd", "raytiny", "hinton_mlp", epochs=2, lr=0.05, arch_kwargs=MLP, objective="kd",
                        teacher="raytiny-teacher", temperature=4.0, soft_weight=0.7), replace=True)
-for arch in ("raising_mlp", "dies_once_mlp", "always_dies_mlp"):
+for arch in ("raising_mlp", "dies_once_mlp", "always_dies_mlp", "slow_mlp"):
     register_recipe(Recipe(arch.replace("_mlp", ""), "raytiny", arch, epochs=1, lr=0.05, arch_kwargs=MLP),
                     replace=True)
 '''
@@ -81,12 +90,19 @@ from kdverify.claims import Claim, Threshold
 def claim(id, recipe):
     return Claim(id, "test", id, "errors_on_test", {"recipe": recipe}, None, "errors", Threshold("<=", 10_000))
 
+SLOW = [claim("ray.slow", "slow")]
 CLAIMS = [claim("ray.kd", "raytiny-kd"), claim("ray.teacher", "raytiny-teacher"), claim("ray.raising", "raising"),
           claim("ray.dies_once", "dies_once"), claim("ray.always_dies", "always_dies")]
 
 @pytest.mark.claims
 @pytest.mark.parametrize("claim", CLAIMS, ids=lambda c: c.id)
 def test_claim(claim, kd_claim):
+    kd_claim(claim)
+
+
+@pytest.mark.claims
+@pytest.mark.parametrize("claim", SLOW, ids=lambda c: c.id)
+def test_slow(claim, kd_claim):
     kd_claim(claim)
 '''
 
@@ -120,8 +136,8 @@ def test_a_ray_run_has_a_local_runs_verdicts_weights_and_loopback_only(ray_proje
     cache = tmp_path / "cache"
     run = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--kd-import", "ray_project", "--kd-budget", "paper",
                                         f"--kd-cache={cache}", "--kd-executor", "ray", "--kd-deterministic",
-                                        f"--kd-report={tmp_path / 'report'}", timeout=600)
-    run.assert_outcomes(passed=3, failed=2)
+                                        "-k", "not slow", f"--kd-report={tmp_path / 'report'}", timeout=600)
+    run.assert_outcomes(passed=3, failed=2)  # test_slow deselected: -k "not slow"
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     errors = {v["claim"]: v["detail"] for v in report["claims"] if v["verdict"] == "ERROR"}
     assert errors == {
@@ -153,7 +169,7 @@ def test_a_ray_run_has_a_local_runs_verdicts_weights_and_loopback_only(ray_proje
     again = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--kd-import", "ray_project", "--kd-budget",
                                           "paper", f"--kd-cache={cache}", "--kd-deterministic", "-k",
                                           "kd or teacher or dies_once", timeout=300)
-    again.assert_outcomes(passed=3, deselected=2)
+    again.assert_outcomes(passed=3, deselected=3)
     assert "epoch" not in again.stdout.str() + again.stderr.str()
 
     addresses = _addresses(ray_tmp)
@@ -167,7 +183,7 @@ def test_plan_prints_the_models_and_trains_nothing(ray_project, tmp_path):
     assert run.ret == 0
     run.stdout.fnmatch_lines(["model*seed*teacher*cached*expected*needed by*", "raytiny-teacher*0*-*no*",
                               "raytiny-kd*0*raytiny-teacher s0*no*", "raytiny-kd*1*raytiny-teacher s0*no*",
-                              "*paper budget, 2 seed(s): 9 models, 9 to train*"])
+                              "*paper budget, 2 seed(s): 11 models, 11 to train*"])
     assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").glob("*.pt"))
 
 
@@ -178,3 +194,31 @@ def test_an_unreachable_cluster_is_one_line_before_collection(ray_project):
     assert run.ret == 4  # a usage error: nothing collected, nothing trained
     err = run.stderr.str()
     assert "--kd-ray-address 127.0.0.1:1: cannot start or reach Ray" in err and "Traceback" not in err
+
+
+def test_ctrl_c_cancels_the_tasks_and_leaves_no_cache_entry(ray_project, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pytester, ray_tmp = ray_project
+    cache = tmp_path / "cache"
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--kd-import", "ray_project",
+                             "--kd-budget", "paper", f"--kd-cache={cache}", "--kd-executor", "ray", "-k", "slow"],
+                            cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONPATH": str(pytester.path)})
+    seen = ""
+    deadline = time.monotonic() + 240
+    while "submitted to Ray" not in seen and time.monotonic() < deadline:
+        seen += proc.stdout.readline()
+    assert "submitted to Ray" in seen, seen
+    time.sleep(3)  # the task is running (a slow model: 0.5 s a batch)
+    proc.send_signal(signal.SIGINT)
+    out = seen + proc.communicate(timeout=120)[0]
+    assert proc.returncode == 2, out  # pytest's "interrupted"
+    assert "Traceback" not in out.split("KeyboardInterrupt")[0]
+    assert not list(cache.glob("*.pt")) and not list(cache.glob(".*.tmp")), list(cache.iterdir())
+    left = subprocess.run(["pgrep", "-f", str(ray_tmp)], capture_output=True, text=True).stdout.split()
+    assert not left, f"Ray processes of the session still running: {left}"
