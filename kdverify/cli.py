@@ -133,8 +133,10 @@ def _load_recipe_files(ctx: click.Context, param: click.Parameter, paths: tuple[
     for path in paths:
         try:
             load_recipe_file(path)
-        except _Error as exc:
-            raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+        except _Error as exc:  # one line, as every other usage error (not click's usage block above it)
+            click.echo(f"kdverify: error: --recipe-file {exc}" if not str(exc).startswith(str(path)) else
+                       f"kdverify: error: {exc}", err=True)
+            ctx.exit(2)
 
 
 recipe_file_option = click.option(

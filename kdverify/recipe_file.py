@@ -29,8 +29,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from kdverify.errors import KdverifyError
-from kdverify.recipes import RECIPES, Recipe, register_recipe
+from kdverify.errors import KdverifyError, first_line
+from kdverify.recipes import RECIPES, SEED_LIMIT, Recipe, register_recipe
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -77,7 +77,6 @@ def _recipe(path: Path, name: str, table: dict[str, Any], base: dict[str, Any] |
 # class-balanced subset they cannot give is refused when the file is read, not after the data has loaded.
 # (examples in the split, examples of its smallest class)
 TRAIN_SPLITS = {"mnist": (60_000, 5_421), "cifar10": (50_000, 5_000)}
-SEED_LIMIT = 2**62  # torch seeds are 64-bit and seed offsets (--kd-seeds, the lab's) are added to a recipe's seed
 
 
 def _fail(path: Path, recipe: Recipe, text: str) -> RecipeFileError:
@@ -168,20 +167,20 @@ def _check_arch_kwargs(path: Path, recipe: Recipe) -> None:
         except TypeError:
             return
         except _REFUSALS as exc:
-            raise _fail(path, recipe, f"{prefix} are refused by {recipe.arch}: {_first_line(exc)}") from None
+            raise _fail(path, recipe, f"{prefix} are refused by {recipe.arch}: {first_line(exc)[:200]}") from None
         return
     try:
         with torch.device("meta"):
             model = factory(**full)
     except (TypeError, *_REFUSALS) as exc:
-        raise _fail(path, recipe, f"{prefix} are refused by {recipe.arch}: {_first_line(exc)}") from None
+        raise _fail(path, recipe, f"{prefix} are refused by {recipe.arch}: {first_line(exc)[:200]}") from None
     if shape:
         try:
             with torch.device("meta"):
                 outputs = model.eval()(torch.empty(2, *shape[0]))
         except (TypeError, *_REFUSALS) as exc:
             raise _fail(path, recipe, f"{prefix}: {recipe.arch} does not run on {recipe.dataset} inputs "
-                                      f"{tuple(shape[0])}: {_first_line(exc)}") from None
+                                      f"{tuple(shape[0])}: {first_line(exc)[:200]}") from None
         if not isinstance(outputs, torch.Tensor) or tuple(outputs.shape) != (2, shape[1]):
             got = tuple(outputs.shape[1:]) if isinstance(outputs, torch.Tensor) else type(outputs).__name__
             raise _fail(path, recipe, f"{prefix}: {recipe.arch} gives outputs of shape {got} per example; "
@@ -205,9 +204,6 @@ def _is_a(value: Any, kind: type) -> bool:
     return isinstance(value, (int, float)) if kind is float else isinstance(value, kind)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
 
 
 def read_recipe_file(path: str | os.PathLike) -> list[tuple[Recipe, Recipe]]:

@@ -28,6 +28,7 @@ PINNED_BUDGETS = ("ci",)  # budgets whose teachers come from kdverify/teachers/
 
 
 OPTIMIZERS = ("sgd", "adam")
+SEED_LIMIT = 2**62
 MAX_EPOCHS = 1_000_000  # beyond it a typo, not a plan (and torch's step counters would overflow long before)
 SCHEDULES = ("constant", "step", "cosine", "linear")
 
@@ -91,6 +92,8 @@ class Recipe:
             value = getattr(self, name)
             if not isinstance(value, kind) or isinstance(value, bool) or value < 0:
                 raise bad(name, "must be a non-negative integer")
+        if self.seed >= SEED_LIMIT:
+            raise bad("seed", "must be below 2**62 (torch seeds are 64-bit; seed offsets are added to it)")
         if self.epochs < 1 or self.batch_size < 1:
             raise bad("epochs" if self.epochs < 1 else "batch_size", "must be at least 1")
         if self.epochs > MAX_EPOCHS:

@@ -91,7 +91,10 @@ def transfer_indices(recipe: Recipe, dataset: Dataset) -> tuple[torch.Tensor, to
     if recipe.train_subset:
         index = balanced_subset(Split(index, labels), recipe.train_subset, len(dataset.classes),
                                 seed=recipe.seed).images
-    train, holdout = split_holdout(Split(index, labels[index]), recipe.holdout)
+    try:
+        train, holdout = split_holdout(Split(index, labels[index]), recipe.holdout)
+    except ValueError as exc:  # a user's dataset that declares no size: checked here, named here
+        raise ValueError(f"recipe {recipe.name!r}: {exc}") from None
     return filter_classes(train, keep=recipe.keep_classes, drop=recipe.drop_classes).images, holdout.images
 
 
