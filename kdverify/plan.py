@@ -120,7 +120,8 @@ def format_plan(plan: list[PlannedModel], budget: str, seeds: int = 1) -> str:
     known = sum(i.seconds or 0 for i in todo)
     unknown = sum(1 for i in todo if i.seconds is None)
     lines.append(f"\n{budget} budget, {seeds} seed(s): {len(plan)} models, {len(todo)} to train, expected "
-                 f"{_duration(known)} of training on this kind of machine"
+                 f"{_duration(known)} of training at the speed the reference samples recorded "
+                 "(kdverify/references: 2 CPU cores)"
                  + (f" plus {unknown} never timed" if unknown else ""))
     return "\n".join(lines)
 
