@@ -15,6 +15,7 @@ filesystem) train each key once; the others wait, then load what the holder wrot
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -150,13 +151,11 @@ class ModelCache:
         device = dataset.test.images.device
         path = self.path(spec, key)
         trained = self._load(path, recipe, key, device) if path.is_file() else None
+        if trained is None and self.executor is not None:
+            trained = self._from_executor(spec, key, path, dataset)
         if trained is None:
             with exclusive(path, f"{recipe.name} seed {recipe.seed}", say=self._say):
                 trained = self._load(path, recipe, key, device) if path.is_file() else None  # filled while we waited
-                if trained is None:
-                    remote = self.executor.fetch(spec) if self.executor is not None else None
-                    if remote is not None:
-                        trained = self._from_task(remote, spec, key, path, dataset)
                 if trained is None:
                     if not self.train_missing:
                         raise NotCached(f"{recipe.name} seed {recipe.seed} is not in the cache {self.root}")
@@ -177,6 +176,36 @@ class ModelCache:
                       "trains again next time)")
         return Trained(recipe, key, result.evaluation, result.history, result.seconds, "trained",
                        metrics["weights_sha256"], metrics["machine"], metrics["settings"], model=result.model)
+
+    def planned_path(self, spec: ModelSpec) -> Path | None:
+        """The entry file a spec will have, when its key is known before anything trains (no teacher, or a
+        pinned one): an executor locks it for the whole remote training, as a local fill does."""
+        if spec.pinned or spec.recipe.dataset not in self.datasets:
+            return None
+        if spec.teacher is None:
+            return self.path(spec, self.key(spec))
+        if spec.teacher.pinned:
+            weights = read_manifest()[spec.teacher.name].get("weights_sha256")
+            return self.path(spec, self.key(spec, weights)) if weights else None
+        return None
+
+    def _from_executor(self, spec: ModelSpec, key: str, path: Path, dataset: Dataset) -> Trained | None:
+        """The model an executor trained elsewhere, written as this cache's entry under the entry's lock (held
+        by the executor since submission where the key was known then, else taken now)."""
+        assert self.executor is not None
+        remote = self.executor.fetch(spec)
+        if remote is None:
+            return None
+        try:
+            held = self.executor.holds_lock(spec)
+            with contextlib.nullcontext() if held else exclusive(path, spec.label, say=self._say):
+                if path.is_file():  # another session filled it meanwhile: theirs is as good, keep one
+                    loaded = self._load(path, spec.recipe, key, dataset.test.images.device)
+                    if loaded is not None:
+                        return loaded
+                return self._from_task(remote, spec, key, path, dataset)
+        finally:
+            self.executor.release(spec)
 
     def _from_task(self, remote: tuple[bytes, str], spec: ModelSpec, key: str, path: Path,
                    dataset: Dataset) -> Trained:

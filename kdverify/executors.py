@@ -19,13 +19,13 @@ import socket
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from kdverify.errors import KdverifyError, first_line
 from kdverify.registry import Registry
 
 if TYPE_CHECKING:
+    from kdverify.cache import ModelCache
     from kdverify.plan import PlannedModel
     from kdverify.spec import ModelSpec
 
@@ -36,19 +36,13 @@ TASK_RETRIES = 2  # a worker that dies mid-task (killed, out of memory) is retri
 class Executor(Protocol):
     """Trains what a plan is missing, somewhere; the cache asks it before training a model itself."""
 
-    def start(self, plan: list[PlannedModel], cached_entry: Callable[[ModelSpec], Path | None]) -> None: ...
-
-    def _put_cached(self, spec: ModelSpec, cached_entry: Callable[[ModelSpec], Path | None]) -> Any:
-        import ray
-
-        path = cached_entry(spec)
-        if path is None:
-            return None
-        ref = ray.put((path.read_bytes(), "cache"))
-        self._teachers[(spec.name, spec.seed)] = ref  # kept alive for the students' tasks, never fetched as a task
-        return ref
+    def start(self, plan: list[PlannedModel], cache: ModelCache) -> None: ...
 
     def fetch(self, spec: ModelSpec) -> tuple[bytes, str] | None: ...
+
+    def holds_lock(self, spec: ModelSpec) -> bool: ...
+
+    def release(self, spec: ModelSpec) -> None: ...
 
     def close(self, cancel: bool = False) -> None: ...
 
@@ -59,11 +53,17 @@ class LocalExecutor:
     def __init__(self, **_: Any) -> None:
         pass
 
-    def start(self, plan: list[PlannedModel], cached_entry: Callable[[ModelSpec], Path | None]) -> None:
+    def start(self, plan: list[PlannedModel], cache: ModelCache) -> None:
         pass
 
     def fetch(self, spec: ModelSpec) -> tuple[bytes, str] | None:
         return None
+
+    def holds_lock(self, spec: ModelSpec) -> bool:
+        return False
+
+    def release(self, spec: ModelSpec) -> None:
+        pass
 
     def close(self, cancel: bool = False) -> None:
         pass
@@ -138,6 +138,7 @@ class RayExecutor:
         self._started: dict[tuple[str, int], float] = {}
         self._expected: dict[tuple[str, int], float | None] = {}
         self._teachers: dict[tuple[str, int], Any] = {}
+        self._locks: dict[tuple[str, int], Any] = {}  # entry locks held while a task trains the entry
         self._owns_ray = False
 
     def connect(self) -> None:
@@ -164,9 +165,11 @@ class RayExecutor:
                                 f"{first_line(exc)}") from None
         self._owns_ray = True
 
-    def start(self, plan: list[PlannedModel], cached_entry: Callable[[ModelSpec], Path | None]) -> None:
+    def start(self, plan: list[PlannedModel], cache: ModelCache) -> None:
         """Submit every model the plan must train, in plan order (teachers first); a teacher the driver's cache
-        holds goes to its students' tasks through the object store too (`cached_entry`: its file)."""
+        holds goes to its students' tasks through the object store too. Where an entry's key is known now, its
+        lock is taken for the whole remote training: a model another session is training is not submitted
+        (the cache waits for that session's entry instead), so sessions sharing a cache train each key once."""
         import ray
 
         self.connect()
@@ -180,9 +183,11 @@ class RayExecutor:
             teacher = item.spec.teacher
             teacher_ref = None
             if teacher is not None and not teacher.pinned:
-                teacher_ref = self._refs.get((teacher.name, teacher.seed)) or self._put_cached(teacher, cached_entry)
+                teacher_ref = self._refs.get((teacher.name, teacher.seed)) or self._put_cached(teacher, cache)
                 if teacher_ref is None:
                     continue  # its teacher is neither planned nor cached: the local cache trains both
+            if not self._lock_planned(item.spec, cache):
+                continue
             self._refs[(item.spec.name, item.spec.seed)] = remote.remote(item.spec.recipe.to_dict(), teacher_ref,
                                                                          self.settings)
             self._started[(item.spec.name, item.spec.seed)] = time.perf_counter()
@@ -190,6 +195,48 @@ class RayExecutor:
         if self._refs:
             self.say(f"kdverify: {len(self._refs)} model(s) submitted to Ray "
                       f"({int(ray.cluster_resources().get('CPU', 0))} CPUs in the cluster)")
+
+    def _lock_planned(self, spec: ModelSpec, cache: ModelCache) -> bool:
+        """Take the entry's lock now when its file name is known; False: another session holds it (or just
+        filled the entry), so this one must not train it too."""
+        from filelock import FileLock, Timeout
+
+        from kdverify.locks import lock_path
+
+        path = cache.planned_path(spec)
+        if path is None:
+            return True
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(lock_path(path))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            self.say(f"kdverify: {spec.label} is being trained by another session: its entry is awaited, not "
+                     "trained again")
+            return False
+        if path.is_file():
+            lock.release()
+            return False
+        self._locks[(spec.name, spec.seed)] = lock
+        return True
+
+    def holds_lock(self, spec: ModelSpec) -> bool:
+        return (spec.name, spec.seed) in self._locks
+
+    def release(self, spec: ModelSpec) -> None:
+        lock = self._locks.pop((spec.name, spec.seed), None)
+        if lock is not None:
+            lock.release()
+
+    def _put_cached(self, spec: ModelSpec, cache: ModelCache) -> Any:
+        import ray
+
+        path = cache.entry_of(spec)
+        if path is None:
+            return None
+        ref = ray.put((path.read_bytes(), "cache"))
+        self._teachers[(spec.name, spec.seed)] = ref  # kept alive for the students' tasks, never fetched as a task
+        return ref
 
     def fetch(self, spec: ModelSpec) -> tuple[bytes, str] | None:
         """The task's result for `spec` (waiting for it), None when it was not submitted; a task that raised
@@ -232,6 +279,9 @@ class RayExecutor:
                 except Exception:  # noqa: BLE001 - finished or gone already
                     pass
         self._refs.clear()
+        for lock in self._locks.values():
+            lock.release()
+        self._locks.clear()
         if self._owns_ray and ray.is_initialized():
             ray.shutdown()
             self._owns_ray = False

@@ -231,7 +231,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     if lab.say is not None:
         executor.say = lab.say  # live, past pytest's capture
     lab.cache.executor = executor
-    executor.start(plan, lab.cache.entry_of)
+    executor.start(plan, lab.cache)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

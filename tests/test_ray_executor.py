@@ -119,6 +119,19 @@ def ray_project(pytester, tmp_path, monkeypatch):
     return pytester, ray_tmp
 
 
+def _sealed(path: Path) -> dict[str, str]:
+    """A checkpoint's verified weights sha256 and its teacher's, read in a fresh process (pytester drops modules
+    a test imports, and torch does not survive being imported twice in one process)."""
+    import subprocess
+    import sys
+
+    code = ("import json, sys; from kdverify.checkpoint import load_checkpoint; c = load_checkpoint(sys.argv[1]); "
+            "print(json.dumps({'weights': c.weights_sha256, 'teacher': c.metrics.get('teacher_weights_sha256')}))")
+    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
 def _addresses(folder: Path) -> set[str]:
     found = set()
     for path in folder.rglob("*"):
@@ -148,13 +161,10 @@ def test_a_ray_run_has_a_local_runs_verdicts_weights_and_loopback_only(ray_proje
     machines = {m["recipe"]: m.get("machine", "") for m in report["models"]}
     assert all("Ray node" in machines[name] for name in ("raytiny-teacher", "raytiny-kd", "dies_once")), machines
     # teachers before students: the student's task was fed the teacher's result, so its entry names that teacher
-    from kdverify.checkpoint import load_checkpoint
-
     files = {p.name.split("-seed")[0]: p for p in cache.glob("*.pt")}
     assert set(files) == {"raytiny-teacher", "raytiny-kd", "dies_once"}  # nothing half-written from the failures
-    entries = {name: load_checkpoint(files[name]) for name in ("raytiny-teacher", "raytiny-kd")}
-    teacher, student = entries["raytiny-teacher"], entries["raytiny-kd"]
-    assert student.metrics["teacher_weights_sha256"] == teacher.weights_sha256
+    teacher, student = _sealed(files["raytiny-teacher"]), _sealed(files["raytiny-kd"])
+    assert student["teacher"] == teacher["weights"]
 
     # the same recipes trained locally (CLI, deterministic) have the same weights, bit for bit
     for args in (["train", "--recipe", "raytiny-teacher", "--out", "t.pt"],
@@ -162,8 +172,8 @@ def test_a_ray_run_has_a_local_runs_verdicts_weights_and_loopback_only(ray_proje
         done = pytester.run("kdverify", "--import", "ray_project", *args, "--budget", "paper", "--deterministic",
                             timeout=300)
         assert done.ret == 0, done.stderr.str()
-    assert load_checkpoint(pytester.path / "t.pt").weights_sha256 == teacher.weights_sha256
-    assert load_checkpoint(pytester.path / "s.pt").weights_sha256 == student.weights_sha256
+    assert _sealed(pytester.path / "t.pt")["weights"] == teacher["weights"]
+    assert _sealed(pytester.path / "s.pt")["weights"] == student["weights"]
 
     # a local session on the same cache trains nothing: it finds every entry the Ray run wrote
     again = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--kd-import", "ray_project", "--kd-budget",
@@ -222,3 +232,37 @@ def test_ctrl_c_cancels_the_tasks_and_leaves_no_cache_entry(ray_project, tmp_pat
     assert not list(cache.glob("*.pt")) and not list(cache.glob(".*.tmp")), list(cache.iterdir())
     left = subprocess.run(["pgrep", "-f", str(ray_tmp)], capture_output=True, text=True).stdout.split()
     assert not left, f"Ray processes of the session still running: {left}"
+
+
+def test_two_sessions_on_one_cache_train_each_key_once_and_a_cached_teacher_travels_to_its_student(ray_project,
+                                                                                                    tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    pytester, _ = ray_project
+    cache = tmp_path / "cache"
+    common = ["-p", "no:cacheprovider", "--kd-import", "ray_project", "--kd-budget", "paper", f"--kd-cache={cache}"]
+    first = pytester.runpytest_subprocess(*common, "-k", "ray.teacher", timeout=300)  # a teacher cached locally
+    first.assert_outcomes(passed=1, deselected=5)
+    env = {**os.environ, "PYTHONPATH": str(pytester.path)}
+    ray_run = subprocess.Popen([sys.executable, "-m", "pytest", *common, "--kd-executor", "ray", "-k", "slow or kd",
+                                f"--kd-report={tmp_path / 'ray-report'}"], cwd=pytester.path, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen, deadline = "", time.monotonic() + 240
+    while "submitted to Ray" not in seen and time.monotonic() < deadline:
+        seen += ray_run.stdout.readline()
+    assert "kdverify: 2 model(s) submitted to Ray" in seen, seen  # the cached teacher is not trained again
+    local = subprocess.run([sys.executable, "-m", "pytest", *common, "-k", "slow", f"--kd-report={tmp_path / 'local'}"],
+                           cwd=pytester.path, env=env, capture_output=True, text=True, timeout=300)
+    out = seen + ray_run.communicate(timeout=300)[0]
+    assert ray_run.returncode == 0, out
+    assert local.returncode == 0, local.stdout + local.stderr
+    assert "epoch" not in local.stdout + local.stderr  # it waited on the entry's lock, then loaded Ray's model
+    models = json.loads((tmp_path / "local" / "report.json").read_text())["models"]
+    assert [(m["recipe"], m["source"]) for m in models] == [("slow", "cache")]
+    assert len(list(cache.glob("slow-seed0-*.pt"))) == 1
+    student = json.loads((tmp_path / "ray-report" / "report.json").read_text())["models"]
+    assert {m["recipe"]: m["source"] for m in student} == {"raytiny-teacher": "cache", "raytiny-kd": "trained",
+                                                          "slow": "trained"}
