@@ -106,7 +106,8 @@ def calibrate(seeds: Sequence[int], budget: str = "ci", data_root: str | None = 
 
 def measure_reference(seeds: int, budget: str = "ci", data_root: str | None = None, cache_dir: str | None = None,
                       out: Path | None = None, force: bool = False, claim_ids: Sequence[str] | None = None,
-                      claims: Sequence[Claim] | None = None, cached_only: bool = False) -> Path:
+                      claims: Sequence[Claim] | None = None, cached_only: bool = False,
+                      path: str | None = None) -> Path:
     """Measure every claim that trains a model at seed offsets 0..seeds-1 on this machine's numeric path and
     write the reference sample (`kdverify.references`): values, recipe fingerprints, provenance, seconds."""
     import datetime
@@ -132,7 +133,8 @@ def measure_reference(seeds: int, budget: str = "ci", data_root: str | None = No
     lab = ClaimsLab(data_root, budget, "auto", cache_dir)
     lab.cache.train_missing = not cached_only
     settings = numeric_settings(lab.device)
-    target = Path(out) if out else REFERENCE_DIR / f"{path_name(settings)}.json"
+    path = path or path_name(settings)  # e.g. 'cpu-avx512-2t-intel': the same kernels under another maker's BLAS
+    target = Path(out) if out else REFERENCE_DIR / f"{path}.json"
     if target.exists() and not force:
         raise KdverifyError(f"{target} exists; pass --force to replace it")
     started = time.perf_counter()
@@ -159,7 +161,7 @@ def measure_reference(seeds: int, budget: str = "ci", data_root: str | None = No
                              "recipes": recipe_fingerprints(claim, budget), "threshold": str(claim.threshold),
                              "gated": claim.gated and not claim.xfail}
     datasets = {name: {"variant": d.variant, "checksum": d.checksum} for name, d in lab._datasets.items()}
-    data = {"format": FORMAT, "path": path_name(settings), "budget": budget,
+    data = {"format": FORMAT, "path": path, "budget": budget,
             "provenance": {**settings, "machine": machine_description(lab.device), "kdverify": kdverify.__version__,
                            "trainer": TRAINER_VERSION, "data": datasets,
                            "seconds": round(time.perf_counter() - started),

@@ -494,13 +494,16 @@ def calibrate_command(seeds: tuple[int, ...], budget: str, data_root: str | None
               help="Where to write (default: kdverify/references/<numeric path>.json).")
 @click.option("--force", is_flag=True, help="Replace an existing reference file.")
 @click.option("--claim", "claim_ids", multiple=True, help="Only these claim ids (repeatable).")
+@click.option("--path", "path_label", default=None, metavar="NAME",
+              help="Name this numeric path (default: device, kernels, threads, e.g. cpu-avx512-2t); name it apart "
+                   "where the same kernels run under another CPU maker's libraries (cpu-avx512-2t-intel).")
 @click.option("--cached-only", is_flag=True,
               help="Train nothing: each claim gets the seeds whose models the cache already holds (0, 1, ... up to the "
                    "first missing one).")
 @recipe_file_option
 @_one_line_errors
 def reference_command(seeds: int, budget: str, data_root: str | None, cache: str | None, out: str | None,
-                      force: bool, claim_ids: tuple[str, ...], cached_only: bool) -> None:
+                      force: bool, claim_ids: tuple[str, ...], path_label: str | None, cached_only: bool) -> None:
     """Write this numeric path's reference sample: every trained claim at N seeds, with provenance."""
     from kdverify.calibrate import measure_reference
 
@@ -509,7 +512,7 @@ def reference_command(seeds: int, budget: str, data_root: str | None, cache: str
 
         check_writable(out, force)
     path = measure_reference(seeds, budget, data_root, cache, Path(out) if out else None, force, claim_ids or None,
-                             cached_only=cached_only)
+                             cached_only=cached_only, path=path_label)
     click.echo(f"wrote {path}")
 
 
