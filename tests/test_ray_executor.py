@@ -15,21 +15,11 @@ PROJECT = '''
 import os
 import sys
 
-import torch
-
 from kdverify import data
-from kdverify.data import Dataset, Split
+from kdverify.data import Dataset
 from kdverify.models import HintonMLP, register_model
 from kdverify.recipes import Recipe, register_recipe
-
-
-def _split(n, seed):
-    gen = torch.Generator().manual_seed(seed)
-    labels = torch.arange(n) % 10
-    images = torch.randint(0, 60, (n, 1, 28, 28), generator=gen, dtype=torch.uint8)
-    for c in range(10):
-        images[labels == c, :, 2 + (c // 5) * 12:8 + (c // 5) * 12, 2 + (c % 5) * 5:6 + (c % 5) * 5] = 255
-    return Split(images, labels)
+from tiny_project import _split  # the tiny synthetic images of tests/tiny_project.py
 
 
 def _on_a_ray_worker():
@@ -109,7 +99,8 @@ def test_slow(claim, kd_claim):
 
 @pytest.fixture
 def ray_project(pytester, tmp_path, monkeypatch):
-    pytester.makepyfile(ray_project=PROJECT, test_ray=CLAIMS)
+    pytester.makepyfile(ray_project=PROJECT, test_ray=CLAIMS,
+                        tiny_project=(Path(__file__).parent / "tiny_project.py").read_text())
     marks = tmp_path / "marks"
     marks.mkdir()
     monkeypatch.setenv("RAY_TEST_MARKS", str(marks))
