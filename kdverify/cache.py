@@ -19,7 +19,7 @@ import contextlib
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import torch
 
@@ -41,7 +41,7 @@ from kdverify.train import TRAINER_VERSION, EpochRecord, ProgressFn, TrainResult
 
 
 if TYPE_CHECKING:
-    from kdverify.executors import Executor
+    from kdverify.plan import PlannedModel
 
 
 class NotCached(KdverifyError):
@@ -75,6 +75,20 @@ def result_metrics(result: TrainResult, key: str) -> dict[str, Any]:
 def _recorded_training(metrics: dict[str, Any]) -> tuple[list[EpochRecord], float]:
     """The curve and training time a checkpoint recorded when it was trained."""
     return [EpochRecord(**h) for h in metrics.get("history", [])], float(metrics.get("train_seconds", 0.0))
+
+
+class Executor(Protocol):
+    """Trains what a plan is missing elsewhere (kdverify.executors); the cache asks it before training a model."""
+
+    def start(self, plan: list[PlannedModel], cache: ModelCache) -> None: ...
+
+    def fetch(self, spec: ModelSpec) -> tuple[bytes, str] | None: ...
+
+    def holds_lock(self, spec: ModelSpec) -> bool: ...
+
+    def release(self, spec: ModelSpec) -> None: ...
+
+    def close(self, cancel: bool = False) -> None: ...
 
 
 class ModelCache:

@@ -532,7 +532,7 @@ def plan_command(budget: str, seeds: int, claim_ids: tuple[str, ...], claims_ref
     """Every model a claims run needs, teachers first: cached or not, expected cost. Trains nothing."""
     from kdverify.calibrate import claims_from
     from kdverify.lab import ClaimsLab
-    from kdverify.plan import estimate_seconds, format_plan, make_plan, mark_cached
+    from kdverify.plan import estimate_seconds, format_plan, make_plan
 
     claims = claims_from(claims_ref)
     unknown = sorted(set(claim_ids) - {c.id for c in claims})
@@ -540,7 +540,7 @@ def plan_command(budget: str, seeds: int, claim_ids: tuple[str, ...], claims_ref
         raise KdverifyError(f"unknown claim id(s) {', '.join(unknown)}")
     chosen = [c for c in claims if not claim_ids or c.id in claim_ids]
     plan = make_plan(chosen, budget, seeds)
-    mark_cached(plan, ClaimsLab(data_root, budget, "auto", cache, progress=None))
+    ClaimsLab(data_root, budget, "auto", cache, progress=None).mark_cached(plan)
     estimate_seconds(plan)
     click.echo(format_plan(plan, budget, seeds))
 

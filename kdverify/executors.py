@@ -19,8 +19,9 @@ import socket
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable
 
+from kdverify.cache import Executor
 from kdverify.errors import KdverifyError, first_line
 from kdverify.registry import Registry
 
@@ -31,20 +32,6 @@ if TYPE_CHECKING:
 
 LOOPBACK = "127.0.0.1"
 TASK_RETRIES = 2  # a worker that dies mid-task (killed, out of memory) is retried this often, then the claim ERRORs
-
-
-class Executor(Protocol):
-    """Trains what a plan is missing, somewhere; the cache asks it before training a model itself."""
-
-    def start(self, plan: list[PlannedModel], cache: ModelCache) -> None: ...
-
-    def fetch(self, spec: ModelSpec) -> tuple[bytes, str] | None: ...
-
-    def holds_lock(self, spec: ModelSpec) -> bool: ...
-
-    def release(self, spec: ModelSpec) -> None: ...
-
-    def close(self, cancel: bool = False) -> None: ...
 
 
 class LocalExecutor:

@@ -22,6 +22,7 @@ from kdverify.data import Dataset, load_dataset
 from kdverify.determinism import numeric_settings, set_deterministic
 from kdverify.errors import DataError
 from kdverify.paths import model_cache_dir
+from kdverify.plan import PlannedModel
 from kdverify.recipes import get_recipe, moves_with_seeds
 from kdverify.references import Reference, load_references
 from kdverify.sampling import Sample
@@ -183,6 +184,16 @@ class ClaimsLab:
                          environment=self.environment())
         self.last_models = []
         return result
+
+    def mark_cached(self, plan: list[PlannedModel]) -> None:
+        """Fill a plan's `cached` column from this lab's cache (models of data that is not here: unknown)."""
+        for item in plan:
+            try:
+                self.dataset(item.spec.recipe.dataset)
+            except DataError:
+                item.cached = None
+                continue
+            item.cached = self.cache.holds(item.spec)
 
     def dataset_of(self, claim: Claim) -> str | None:
         return get_recipe(claim.recipes[0], self.budget).dataset if claim.recipes else None

@@ -15,14 +15,11 @@ import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import Iterable
 
 from kdverify.claims import Claim
 from kdverify.recipes import get_recipe, is_teacher, moves_with_seeds
 from kdverify.spec import ModelSpec, resolve
-
-if TYPE_CHECKING:
-    from kdverify.lab import ClaimsLab
 
 
 @dataclass
@@ -129,16 +126,3 @@ def format_plan(plan: list[PlannedModel], budget: str, seeds: int = 1) -> str:
 def _duration(seconds: float) -> str:
     minutes = seconds / 60
     return f"{seconds:.0f} s" if minutes < 2 else f"{minutes:.0f} min" if minutes < 120 else f"{minutes / 60:.1f} h"
-
-
-def mark_cached(plan: list[PlannedModel], lab: "ClaimsLab") -> None:
-    """Whether the lab's cache already holds each model (datasets that are not here leave it unknown)."""
-    from kdverify.errors import DataError
-
-    for item in plan:
-        try:
-            lab.dataset(item.spec.recipe.dataset)
-        except DataError:
-            item.cached = None
-            continue
-        item.cached = lab.cache.holds(item.spec)

@@ -216,12 +216,12 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     planning, executor = config.getoption("--kd-plan"), config.stash.get(EXECUTOR_KEY, None)
     if (not planning and executor is None) or _worker(config):
         return
-    from kdverify.plan import estimate_seconds, format_plan, make_plan, mark_cached
+    from kdverify.plan import estimate_seconds, format_plan, make_plan
 
     seeds = config.getoption("--kd-seeds")
     lab = _lab(config)
     plan = make_plan(_collected_claims(session.items), lab.budget, seeds)
-    mark_cached(plan, lab)
+    lab.mark_cached(plan)
     if planning:
         estimate_seconds(plan)
         reporter = config.pluginmanager.get_plugin("terminalreporter")
