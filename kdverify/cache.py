@@ -118,23 +118,17 @@ class ModelCache:
         return spec.pinned or self.entry_of(spec) is not None
 
     def entry_of(self, spec: ModelSpec) -> Path | None:
-        """The file of the spec's entry when the cache holds one (its teacher's entry names the key)."""
-        teacher_weights = None
-        if spec.teacher is not None:
-            if spec.teacher.pinned:
-                teacher_weights = read_manifest()[spec.teacher.name].get("weights_sha256")
-            else:
-                entry = self.entry_of(spec.teacher)
-                if entry is None:
-                    return None
-                try:
-                    teacher_weights = load_checkpoint(entry, accept_unsealed=True).metrics.get("weights_sha256")
-                except CheckpointError:
-                    return None
-            if not teacher_weights:
-                return None
-        path = self.path(spec, self.key(spec, teacher_weights))
-        return path if path.is_file() else None
+        """The file of the spec's entry when the cache holds one (a trained teacher's entry names the key)."""
+        if spec.teacher is not None and not spec.teacher.pinned:
+            entry = self.entry_of(spec.teacher)
+            try:
+                weights = load_checkpoint(entry, accept_unsealed=True).metrics.get("weights_sha256") if entry else None
+            except CheckpointError:
+                weights = None
+            path = self.path(spec, self.key(spec, weights)) if weights else None
+        else:
+            path = self.planned_path(spec)
+        return path if path is not None and path.is_file() else None
 
     def path(self, spec: ModelSpec, key: str) -> Path:
         return self.root / spec.file_name(key)
@@ -198,10 +192,8 @@ class ModelCache:
             return None
         if spec.teacher is None:
             return self.path(spec, self.key(spec))
-        if spec.teacher.pinned:
-            weights = read_manifest()[spec.teacher.name].get("weights_sha256")
-            return self.path(spec, self.key(spec, weights)) if weights else None
-        return None
+        weights = read_manifest()[spec.teacher.name].get("weights_sha256") if spec.teacher.pinned else None
+        return self.path(spec, self.key(spec, weights)) if weights else None
 
     def _from_executor(self, spec: ModelSpec, key: str, path: Path, dataset: Dataset) -> Trained | None:
         """The model an executor trained elsewhere, written as this cache's entry under the entry's lock (held

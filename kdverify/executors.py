@@ -21,12 +21,11 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from kdverify.cache import Executor
+from kdverify.cache import Executor, ModelCache
 from kdverify.errors import KdverifyError, first_line
 from kdverify.registry import Registry
 
 if TYPE_CHECKING:
-    from kdverify.cache import ModelCache
     from kdverify.plan import PlannedModel
     from kdverify.spec import ModelSpec
 
