@@ -48,18 +48,28 @@ def tiny_mnist() -> Dataset:
                    make_pattern_split(2000, 0), make_pattern_split(500, 1))
 
 
+@pytest.fixture(autouse=True)
+def registries_restored():
+    """What a test registers (recipes, datasets, architectures, objectives, dataset shapes) is gone after it: every
+    registry is put back as it was, so no test needs to swap a module's registry for a copy."""
+    from kdverify.data import DATASET_SHAPES
+    from kdverify.registry import Registry
+
+    saved = [(registry, registry.snapshot()) for registry in Registry.instances()]
+    shapes = dict(DATASET_SHAPES)
+    yield
+    for registry, snapshot in saved:
+        registry.restore(snapshot)
+    DATASET_SHAPES.clear()
+    DATASET_SHAPES.update(shapes)
+
+
 @pytest.fixture
-def tiny_registered():
-    """tiny_project's dataset and recipes, registered for one test and removed after it."""
+def tiny_registered(registries_restored):
+    """tiny_project's dataset and recipes, registered for one test (and removed after it by registries_restored)."""
     import importlib
 
-    from kdverify import data, recipes
-
-    saved = dict(data.LOADERS), dict(recipes.RECIPES)
     import tiny_project
 
     importlib.reload(tiny_project)
     yield
-    for registry, before in zip((data.LOADERS, recipes.RECIPES), saved):
-        registry.clear()
-        registry.update(before)

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 if TYPE_CHECKING:
-    from kdverify.checkpoint import Checkpoint
+    from kdverify.cache.checkpoint import Checkpoint
 
 ENV_TEACHER = "KDVERIFY_BENCH_TEACHER"
 ENV_STUDENT = "KDVERIFY_BENCH_STUDENT"
@@ -52,7 +52,7 @@ class Model:
     int8_method: str = ""
 
     def __post_init__(self) -> None:
-        from kdverify.models import count_parameters, forward_flops
+        from kdverify.train.models import count_parameters, forward_flops
 
         self.model.eval()
         self.params = count_parameters(self.model)
@@ -103,7 +103,7 @@ def _path_option(config: pytest.Config, option: str, env: str) -> tuple[str, str
 
 
 def _load_user(path: str, source: str, role: str) -> Model:
-    from kdverify.checkpoint import load_checkpoint
+    from kdverify.cache.checkpoint import load_checkpoint
     from kdverify.errors import KdverifyError, first_line
 
     try:
@@ -136,8 +136,8 @@ def user_pair(config: pytest.Config) -> Pair | None:
 
 def _candidates(cache_dir: Path, recipe: str) -> list[Path]:
     """`<recipe>-seed<N>-<key>.pt` in the cache, newest first, then kdverify's pinned checkpoint of `recipe`."""
-    from kdverify.cache import ModelCache
-    from kdverify.pinned import TEACHERS_DIR, read_manifest
+    from kdverify.cache.pinned import TEACHERS_DIR, read_manifest
+    from kdverify.cache.store import ModelCache
 
     try:
         found = ModelCache(cache_dir, {}, progress=None).entries(recipe)
@@ -149,9 +149,9 @@ def _candidates(cache_dir: Path, recipe: str) -> list[Path]:
 
 def _trained(recipe_name: str, role: str, cache_dir: Path) -> Model | str:
     """The first readable checkpoint of the recipe's architecture, else why there is none."""
-    from kdverify.checkpoint import load_checkpoint
+    from kdverify.cache.checkpoint import load_checkpoint
     from kdverify.errors import KdverifyError
-    from kdverify.recipes import get_recipe
+    from kdverify.train.recipes import get_recipe
 
     arch, problems = get_recipe(recipe_name, "original").arch, []
     for path in _candidates(cache_dir, recipe_name):
@@ -171,11 +171,11 @@ def _trained(recipe_name: str, role: str, cache_dir: Path) -> Model | str:
 
 def _fresh(recipe_name: str, role: str, like: Model, why: str) -> Model:
     """Seed-0 weights of the recipe's architecture, described by the pair's other (checkpointed) model."""
-    from kdverify.models import build_model, shape_kwargs
-    from kdverify.recipes import get_recipe
+    from kdverify.train.models import build_model, shape_kwargs
+    from kdverify.train.recipes import get_recipe
 
     recipe = get_recipe(recipe_name, "original")  # the original architecture (eval mode: dropout rates do not matter)
-    torch.manual_seed(0)  # shaped like the partner's data, as kdverify.train builds a recipe's model for its dataset
+    torch.manual_seed(0)  # shaped like the partner's data, as the trainer builds a recipe's model for its dataset
     model = build_model(recipe.arch, **{**shape_kwargs(recipe.arch, like.input_shape, like.num_classes),
                                         **recipe.arch_kwargs})
     return Model(role, recipe_name, recipe.arch, model, like.input_shape, like.num_classes, like.mean, like.std,

@@ -84,10 +84,11 @@ def _inference_lines(records: list[dict], zoo: Zoo | None) -> list[str]:
         for m in zoo.models():
             quant = f", int8: {m.int8_method} quantisation" if m.int8_method else ""
             lines.append(f"  {m.role} {m.label:<{width}}  {m.weights}{quant}; test errors: {_errors(m)}")
-        from kdverify.export import DEFAULT_OPSET
-        from kdverify.quantize import CALIBRATION_SIZE
+        from kdverify.export.onnx import DEFAULT_OPSET
+        from kdverify.export.quantize import CALIBRATION_SIZE
 
-        lines.append(f"  ONNX: kdverify.export.export_model (opset {DEFAULT_OPSET}, dynamic batch) + quantize_int8, "
+        lines.append(f"  ONNX: kdverify.export.onnx.export_model (opset {DEFAULT_OPSET}, dynamic batch) "
+                     "+ quantize_int8, "
                      f"{zoo.export_seconds:.1f} s in all, untimed; static int8 is calibrated on "
                      f"{CALIBRATION_SIZE} random-pixel inputs")
     lines += ["", "Target checks (measured facts, not asserts):"]
@@ -139,7 +140,7 @@ def _train_lines(records: list[dict], settings: Settings) -> list[str]:
              f"+-2 px jitter, synthetic uint8 {first['data']}; torch threads {settings.train_threads} (all cores "
              f"unless --bench-train-threads); per loop {first['warmup_steps']} warm-up steps, then up to "
              "150 timed steps (fewer when a loop would take over 30 s); glibc heap thresholds raised for both "
-             f"loops (kdverify.cpu_memory): {'yes' if first.get('keep_freed_memory') else 'no (not glibc)'}")]
+             f"loops (kdverify.train.cpu_memory): {'yes' if first.get('keep_freed_memory') else 'no (not glibc)'}")]
     head = ["loop", "threads", "steps", "samples/s", "ms/step p50", "ms/step p90", "faults/step", "what is timed"]
     order = list(TRAIN_LOOPS)
     rows = [[r["loop"], r["threads"], r["steps"], f"{r['samples_per_s']:,.0f}", _fmt_ms(r["p50_ms"]),
@@ -169,7 +170,7 @@ def _train_lines(records: list[dict], settings: Settings) -> list[str]:
         lines.append(f"      (6 x forward_flops would count each multiply-add twice: "
                      f"{ours['achieved_gflops_6x_forward_flops']:.1f} GFLOP/s = {2 * frac:.0%}; not used)")
         if ours.get("fit_samples_per_s"):
-            lines.append(f"    cross-check: kdverify.train.fit() end to end, 1 epoch of {ours['fit_samples']:,} "
+            lines.append(f"    cross-check: kdverify.train.loop.fit() end to end, 1 epoch of {ours['fit_samples']:,} "
                          f"samples (incl. its first steps and a 10-image evaluation): "
                          f"{ours['fit_samples_per_s']:,.0f} samples/s")
     return lines

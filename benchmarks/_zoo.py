@@ -29,8 +29,8 @@ def measure_test_errors(entry: Model, data_root: str | None) -> None:
     """Test errors of a trained model whose checkpoint records none, on its own dataset if that is here."""
     from kdverify.data import load_dataset
     from kdverify.errors import DataError, DataMissing
-    from kdverify.metrics import evaluate
-    from kdverify.validate import first_line
+    from kdverify.export.validate import first_line
+    from kdverify.train.metrics import evaluate
 
     if not entry.trained or entry.test_errors is not None:
         return
@@ -75,9 +75,9 @@ class Zoo:
         return self._loaded[pair][0 if role == "teacher" else 1]
 
     def onnx_path(self, entry: Model, precision: str) -> Path:
-        """fp32: kdverify.export.export_model; int8: kdverify.quantize.quantize_int8 of the fp32 file."""
-        from kdverify.export import export_model
-        from kdverify.quantize import CALIBRATION_SIZE, int8_method, quantize_int8
+        """fp32: kdverify.export.onnx.export_model; int8: kdverify.export.quantize.quantize_int8 of the fp32 file."""
+        from kdverify.export.onnx import export_model
+        from kdverify.export.quantize import CALIBRATION_SIZE, int8_method, quantize_int8
 
         if precision in entry.onnx:
             return entry.onnx[precision]
@@ -97,7 +97,7 @@ class Zoo:
         return entry.onnx[precision]
 
     def session(self, entry: Model, precision: str):  # noqa: ANN201 - onnxruntime.InferenceSession
-        from kdverify.validate import ort_session
+        from kdverify.export.validate import ort_session
 
         key = (entry.key, precision)
         if key not in self._sessions:

@@ -5,8 +5,8 @@ Pairs: the user's --bench-teacher vs --bench-student checkpoints, else the built
 LightNN), whose weights come from the newest trained checkpoint in the kdverify model cache or
 kdverify's pinned teacher, else fresh initialisation (the summary says which). Input shape,
 class count, normalisation and label of each model come from its checkpoint. ONNX files are
-exported once per session (fp32 `kdverify.export.export_model`, int8
-`kdverify.quantize.quantize_int8`) and run by `kdverify.validate.ort_session` (intra_op N,
+exported once per session (fp32 `kdverify.export.onnx.export_model`, int8
+`kdverify.export.quantize.quantize_int8`) and run by `kdverify.export.validate.ort_session` (intra_op N,
 inter_op 1, spinning off); PyTorch runs in `torch.inference_mode()` with
 `torch.set_num_threads(N)`, N = --bench-threads (default 1).
 

@@ -3,12 +3,12 @@
 Both train the same model (hinton_mlp, 784-1200-1200-10, dropout 0.2/0.5) with the same
 recipe (`hinton-teacher`, paper budget: SGD lr 0.01 momentum 0.9, batch 128, +-2 px jitter)
 on the same synthetic MNIST-shaped uint8 data (60000x28x28 random pixels, so no data is needed),
-in one process (glibc heap thresholds raised for both, see `kdverify.cpu_memory`), at torch's
+in one process (glibc heap thresholds raised for both, see `kdverify.train.cpu_memory`), at torch's
 default thread count (all cores) unless --bench-train-threads says otherwise. Each
 pytest-benchmark round is one training step (batch fetch included): 150 steps after 20 warm-up
 steps, or fewer (at least 40) when a loop would take over 30 s.
 
-- kdverify: `kdverify.train.TrainingRun.step`, the step `fit` runs: one resident uint8 tensor,
+- kdverify: `kdverify.train.loop.TrainingRun.step`, the step `fit` runs: one resident uint8 tensor,
   `iterate_batches` (one randperm), `augment(images, "jitter2", gen)` (one gather), `normalize`,
   the recipe's loss, zero_grad / backward / step of `make_optimizer(recipe)`.
 - seed-style: a map-style Dataset returning one PIL image at a time, shifted by a random
@@ -25,7 +25,7 @@ main process, as a reference (see `test_train_step`).
 The kdverify test also measures this process's fp32 torch.mm rate (2048x2048, same threads)
 before and after, and reports the achieved training FLOP rate as a fraction of it. Training
 work per sample is counted as 6 x multiply-adds (forward 2 + backward 4 FLOPs per MAC), i.e.
-3 x `kdverify.models.forward_flops`, which already counts 2 FLOPs per MAC; "6 x forward_flops"
+3 x `kdverify.train.models.forward_flops`, which already counts 2 FLOPs per MAC; "6 x forward_flops"
 would count every multiply-add twice (it comes out above torch.mm's own rate), so it is stored
 as `achieved_gflops_6x_forward_flops` for reference only.
 """
@@ -40,22 +40,22 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 from PIL import Image
+from torch import nn
 
 from benchmarks import _support as S
-from kdverify import train as kd_train
-from kdverify.cpu_memory import keep_freed_memory
 from kdverify.data import MNIST_CLASSES, MNIST_NORM, Dataset, Split
-from kdverify.models import RandDropout, build_model, forward_flops
-from kdverify.recipes import get_recipe
+from kdverify.train import loop as kd_train
+from kdverify.train.cpu_memory import keep_freed_memory
+from kdverify.train.models import RandDropout, build_model, forward_flops
+from kdverify.train.recipes import get_recipe
 
 N_TRAIN = 60_000
 STEPS, WARMUP_STEPS = 150, 20
 # A loop slower than this many seconds for STEPS steps (a seed-style step can take ~0.35 s on a busy 2-core
 # machine) gets fewer timed steps, never fewer than MIN_STEPS, so the whole run stays within 5 minutes.
 TIME_BUDGET_S, MIN_STEPS = 30.0, 40
-FIT_CHECK_STEPS = 40  # kdverify.train.fit end to end on 40 batches: a cross-check of the piecewise timing
+FIT_CHECK_STEPS = 40  # kdverify.train.loop.fit end to end on 40 batches: a cross-check of the piecewise timing
 RECIPE = get_recipe("hinton-teacher", "original")  # the blog's recipe: SGD 0.01, momentum 0.9, batch 128, jitter2
 SEED_WORKERS = 2
 
@@ -88,7 +88,7 @@ def synthetic_mnist() -> Dataset:
 
 
 def kdverify_step(recipe, dataset: Dataset):  # noqa: ANN001, ANN201
-    """One `kdverify.train.TrainingRun.step` per call, fed by its own shuffled batches (what `fit` runs)."""
+    """One `kdverify.train.loop.TrainingRun.step` per call, fed by its own shuffled batches (what `fit` runs)."""
     run = kd_train.TrainingRun(recipe, dataset)
     state = {"step": 0, "batches": run.batches()}
 
@@ -104,7 +104,7 @@ def kdverify_step(recipe, dataset: Dataset):  # noqa: ANN001, ANN201
 
 
 def fit_cross_check(recipe, dataset: Dataset, samples: int) -> float:  # noqa: ANN001
-    """kdverify.train.fit end to end for one epoch of `samples` training images: samples/s."""
+    """kdverify.train.loop.fit end to end for one epoch of `samples` training images: samples/s."""
     small = Dataset(dataset.name, dataset.variant, dataset.checksum, dataset.classes, dataset.mean, dataset.std,
                     Split(dataset.train.images[:samples], dataset.train.labels[:samples]), dataset.test)
     result = kd_train.fit(dataclasses.replace(recipe, epochs=1), small, progress=None)
@@ -202,7 +202,7 @@ def test_train_step(benchmark, synthetic_mnist: Dataset, bench_settings: S.Setti
         mm_before = S.mm_gflops()
     if loop.startswith("kdverify"):
         step, _ = kdverify_step(recipe, synthetic_mnist)
-        description = "iterate_batches + augment(jitter2) + normalize + fwd/bwd/SGD step (as kdverify.train.fit)"
+        description = "iterate_batches + augment(jitter2) + normalize + fwd/bwd/SGD step (as kdverify.train.loop.fit)"
         description += " (1 torch thread)" if threads == 1 else ""
     else:
         step, state = seed_style_step(recipe, synthetic_mnist)

@@ -24,7 +24,7 @@ import torch
 
 from kdverify.errors import KdverifyError, first_line
 from kdverify.paths import IMPORT_ENV, imports_from_env
-from kdverify.recipes import BUDGETS, MAX_EPOCHS
+from kdverify.train.recipes import BUDGETS, MAX_EPOCHS
 
 SEED_MAX = 2**63 - 1  # torch seeds are 64-bit; a larger one would fail only after the data is loaded
 DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
@@ -81,7 +81,7 @@ def resolve_device(name: str) -> torch.device:
 def _set_deterministic(deterministic: bool) -> None:
     """Before anything is built, so every model, table and kernel choice is made in the mode."""
     if deterministic:
-        from kdverify import determinism
+        from kdverify.train import determinism
 
         determinism.set_deterministic()
 
@@ -128,7 +128,7 @@ def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
 def _load_recipe_files(ctx: click.Context, param: click.Parameter, paths: tuple[str, ...]) -> None:
     """Register the recipes of each TOML file before the command looks its --recipe up."""
     from kdverify.errors import KdverifyError as _Error
-    from kdverify.recipe_file import load_recipe_file
+    from kdverify.train.recipe_file import load_recipe_file
 
     for path in paths:
         try:
@@ -174,7 +174,7 @@ def _optimizer_text(r: Any) -> str:
 @recipe_file_option
 def recipes_command(budget: str) -> None:
     """List the training recipes (names for --recipe) with the values the budget trains with."""
-    from kdverify.recipes import RECIPES, get_recipe, recipe_kind
+    from kdverify.train.recipes import RECIPES, get_recipe, recipe_kind
 
     header = ("name", "dataset", "arch", "objective", "epochs", "batch", "optimizer", "lr", "schedule", "T", "alpha",
               "augment", "teacher")
@@ -204,7 +204,7 @@ def recipes_command(budget: str) -> None:
 def _save_or_rescue(out_path: Path, payload: dict, force: bool, recipe_name: str) -> None:
     """A failure after training (disk full, folder gone) must not throw the model away: it is kept
     under the user cache, and the one-line error says where."""
-    from kdverify.checkpoint import save_checkpoint
+    from kdverify.cache.checkpoint import save_checkpoint
     from kdverify.io import describe_os_error
     from kdverify.paths import rescue_dir
 
@@ -230,16 +230,16 @@ def _train_and_save(recipe_name: str, budget: str, out: str, force: bool, data_r
                     seed: int | None, epochs: int | None, teacher_path: str | None, deterministic: bool) -> None:
     import dataclasses
 
-    from kdverify.cache import trained_payload
-    from kdverify.checkpoint import load_checkpoint, state_digest
+    from kdverify.cache.checkpoint import load_checkpoint, state_digest
+    from kdverify.cache.spec import resolve
+    from kdverify.cache.store import trained_payload
     from kdverify.data import load_dataset
     from kdverify.io import check_writable
-    from kdverify.cpu_memory import keep_freed_memory
-    from kdverify.spec import resolve
-    from kdverify.train import fit
+    from kdverify.train.cpu_memory import keep_freed_memory
+    from kdverify.train.loop import fit
 
     _set_deterministic(deterministic)
-    keep_freed_memory()  # this process is kdverify's own: reuse freed heap pages (see kdverify.cpu_memory)
+    keep_freed_memory()  # this process is kdverify's own: reuse freed heap pages (see kdverify.train.cpu_memory)
     dev = resolve_device(device)
     spec = resolve(recipe_name, budget, seed=seed)
     recipe = spec.recipe
@@ -290,7 +290,7 @@ def teacher_fits_student(ckpt: Any, recipe: Any, teacher_path: str, dataset: Any
         raise KdverifyError(f"{teacher_path} was trained on {ckpt.dataset!r}; recipe {recipe.name} distils on "
                             f"{recipe.dataset!r}: the teacher must have learnt the student's data")
     if dataset is not None:
-        from kdverify.checkpoint import checkpoint_fits_data
+        from kdverify.cache.checkpoint import checkpoint_fits_data
 
         checkpoint_fits_data(ckpt, dataset, teacher_path)
 
@@ -341,9 +341,9 @@ def distill_command(teacher_path: str, recipe_name: str, budget: str, out: str, 
 @_one_line_errors
 def evaluate_command(checkpoint: str, data_root: str | None, device: str, deterministic: bool) -> None:
     """Test errors, per-class errors and confusion matrix of a checkpoint on real data."""
-    from kdverify.checkpoint import checkpoint_fits_data, load_checkpoint
+    from kdverify.cache.checkpoint import checkpoint_fits_data, load_checkpoint
     from kdverify.data import load_dataset
-    from kdverify.metrics import evaluate
+    from kdverify.train.metrics import evaluate
 
     _set_deterministic(deterministic)
     dev = resolve_device(device)
@@ -410,7 +410,7 @@ def confusion_lines(confusion: torch.Tensor, classes: tuple[str, ...]) -> list[s
 def export_command(checkpoint: str, out: str | None, opset: int | None, quantize: str | None, batch_dynamic: bool,
                    atol: float, force: bool, data_root: str | None) -> None:
     """Export a checkpoint to ONNX, validated against PyTorch before it is written."""
-    from kdverify.export import DEFAULT_OPSET, export_checkpoint
+    from kdverify.export.onnx import DEFAULT_OPSET, export_checkpoint
 
     export_checkpoint(checkpoint, Path(out) if out else None, opset=DEFAULT_OPSET if opset is None else opset,
                       quantize=quantize, batch_dynamic=batch_dynamic, atol=atol, force=force,
@@ -425,10 +425,10 @@ def export_command(checkpoint: str, out: str | None, opset: int | None, quantize
 @_one_line_errors
 def pin_command(checkpoint: str, trainer_version: str | None, force: bool) -> None:
     """Ship a teacher trained with its fast recipe (`paper` budget) as the pinned teacher `ci` distils from."""
-    from kdverify.checkpoint import load_checkpoint, machine_description
-    from kdverify.pinned import pin_teacher
-    from kdverify.recipes import PINNED_TEACHERS, get_recipe
-    from kdverify.train import TRAINER_VERSION
+    from kdverify.cache.checkpoint import load_checkpoint, machine_description
+    from kdverify.cache.pinned import pin_teacher
+    from kdverify.train.loop import TRAINER_VERSION
+    from kdverify.train.recipes import PINNED_TEACHERS, get_recipe
 
     ckpt = load_checkpoint(checkpoint)
     name = str(ckpt.recipe.get("name"))
@@ -450,8 +450,8 @@ def pin_command(checkpoint: str, trainer_version: str | None, force: bool) -> No
 @_one_line_errors
 def cache_add_command(checkpoint: str, budget: str, cache: str | None, data_root: str | None) -> None:
     """Adopt a model trained by `kdverify train` (e.g. a long teacher run) as the budget's cache entry."""
-    from kdverify.cache import ModelCache
-    from kdverify.checkpoint import load_checkpoint
+    from kdverify.cache.checkpoint import load_checkpoint
+    from kdverify.cache.store import ModelCache
     from kdverify.data import load_dataset
 
     dataset_name = str(load_checkpoint(checkpoint).recipe.get("dataset"))
@@ -468,14 +468,14 @@ def cache_add_command(checkpoint: str, budget: str, cache: str | None, data_root
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the measurements as JSON.")
 @click.option("--force", is_flag=True, help="Overwrite an existing --out file.")
 @click.option("--claim", "claim_ids", multiple=True, help="Only these claim ids (repeatable).")
-@click.option("--claims", "claims_ref", default="kdverify.paper_claims:CLAIMS", show_default=True,
+@click.option("--claims", "claims_ref", default="kdverify.claims.paper:CLAIMS", show_default=True,
               metavar="MODULE:NAME", help="The list of Claim objects to calibrate, e.g. your own (see --import).")
 @recipe_file_option
 @_one_line_errors
 def calibrate_command(seeds: tuple[int, ...], budget: str, data_root: str | None, cache: str | None,
                       out: str | None, force: bool, claim_ids: tuple[str, ...], claims_ref: str) -> None:
     """Measure every claim at several seeds: values, and the worst seed's margin to its fixed threshold."""
-    from kdverify.calibrate import calibrate, claims_from
+    from kdverify.claims.calibrate import calibrate, claims_from
     from kdverify.io import check_writable
 
     if out:
@@ -505,7 +505,7 @@ def calibrate_command(seeds: tuple[int, ...], budget: str, data_root: str | None
 def reference_command(seeds: int, budget: str, data_root: str | None, cache: str | None, out: str | None,
                       force: bool, claim_ids: tuple[str, ...], path_label: str | None, cached_only: bool) -> None:
     """Write this numeric path's reference sample: every trained claim at N seeds, with provenance."""
-    from kdverify.calibrate import measure_reference
+    from kdverify.claims.calibrate import measure_reference
 
     if out:
         from kdverify.io import check_writable
@@ -521,7 +521,7 @@ def reference_command(seeds: int, budget: str, data_root: str | None, cache: str
 @click.option("--seeds", type=click.IntRange(1, 1000), default=1, show_default=True,
               help="Seed offsets 0..N-1 of every student, as pytest's --kd-seeds (teachers fixed).")
 @click.option("--claim", "claim_ids", multiple=True, help="Only these claim ids (repeatable).")
-@click.option("--claims", "claims_ref", default="kdverify.paper_claims:CLAIMS", show_default=True,
+@click.option("--claims", "claims_ref", default="kdverify.claims.paper:CLAIMS", show_default=True,
               metavar="MODULE:NAME", help="The list of Claim objects to plan for, e.g. your own (see --import).")
 @data_root_option
 @click.option("--cache", type=click.Path(file_okay=False), default=None, help="Model cache folder.")
@@ -530,9 +530,9 @@ def reference_command(seeds: int, budget: str, data_root: str | None, cache: str
 def plan_command(budget: str, seeds: int, claim_ids: tuple[str, ...], claims_ref: str, data_root: str | None,
                  cache: str | None) -> None:
     """Every model a claims run needs, teachers first: cached or not, expected cost. Trains nothing."""
-    from kdverify.calibrate import claims_from
-    from kdverify.lab import ClaimsLab
-    from kdverify.plan import estimate_seconds, format_plan, make_plan
+    from kdverify.claims.calibrate import claims_from
+    from kdverify.claims.lab import ClaimsLab
+    from kdverify.claims.plan import estimate_seconds, format_plan, make_plan
 
     claims = claims_from(claims_ref)
     unknown = sorted(set(claim_ids) - {c.id for c in claims})

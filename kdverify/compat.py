@@ -15,8 +15,8 @@ from typing import Any
 import torch
 
 from kdverify.errors import KdverifyError, first_line
-from kdverify.models import build_model, shape_kwargs
-from kdverify.objectives import get_objective
+from kdverify.train.models import build_model, shape_kwargs
+from kdverify.train.objectives import get_objective
 
 
 def _meta_model(arch: str, kwargs: dict[str, Any], input_shape: Sequence[int], classes: int) -> Any:
@@ -52,7 +52,7 @@ def check_recipe(recipe: Any, budget: str = "ci", where: str = "") -> bool:
     """Check a student recipe against its teacher recipe when the data's shape is declared (`register_dataset(...,
     shape=...)`); returns whether it could be checked now (else it is checked once the data is loaded)."""
     from kdverify.data import DATASET_SHAPES
-    from kdverify.recipes import RECIPES, get_recipe
+    from kdverify.train.recipes import RECIPES, get_recipe
 
     if not recipe.teacher or recipe.dataset not in DATASET_SHAPES or recipe.teacher not in RECIPES:
         return False

@@ -12,6 +12,10 @@ DATA_ENV = "KDVERIFY_DATA"  # the data root (torchvision's layout)
 CACHE_ENV = "KDVERIFY_CACHE"  # decoded datasets, trained models, rescued checkpoints
 IMPORT_ENV = "KDVERIFY_IMPORT"  # comma-separated modules that register a user's models, datasets, recipes
 
+PACKAGE_DIR = Path(__file__).resolve().parent
+TEACHERS_DIR = PACKAGE_DIR / "teachers"  # the pinned paper-level teachers and their manifest (shipped in the wheel)
+REFERENCE_DIR = PACKAGE_DIR / "references"  # the reference samples of every numeric path measured (shipped too)
+
 
 def cache_dir() -> Path:
     """Per-user cache: $KDVERIFY_CACHE, else $XDG_CACHE_HOME/kdverify, else ~/.cache/kdverify."""

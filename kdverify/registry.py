@@ -10,8 +10,10 @@ does not hold. A missing key is a one-line error that names what exists and how 
 from __future__ import annotations
 
 import types
+import weakref
+from collections.abc import Mapping
 from importlib.metadata import entry_points
-from typing import Any, Callable, Generic, Iterator, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 from kdverify.errors import KdverifyError, first_line
 
@@ -25,55 +27,74 @@ class UnknownName(KdverifyError, KeyError):
         return str(self.args[0])
 
 
-class Registry(dict, Generic[T]):
-    """name -> object. A dict (so `in`, iteration and `[name]` work) plus `register` / `lookup`."""
+_EVERY: "weakref.WeakSet[Registry[Any]]" = weakref.WeakSet()
+
+
+class Registry(Mapping[str, T]):
+    """name -> object, read-only as a mapping (`in`, iteration, `[name]`, `get`, `items`); the only ways in are
+    `register` (which validates the name and refuses a silent replacement) and `restore` of a snapshot."""
 
     def __init__(self, kind: str, group: str, how_to_add: str,
                  adopt: Callable[["Registry[T]", str, Any], None] | None = None) -> None:
-        super().__init__()
         self.kind, self.group, self.how_to_add = kind, group, how_to_add
+        self._entries: dict[str, T] = {}
         self._adopt = adopt  # how an entry point's object is registered (default: under the entry point's name)
         self._entry_points_loaded = False
+        _EVERY.add(self)
+
+    @staticmethod
+    def instances() -> list["Registry[Any]"]:
+        """Every registry alive (tests snapshot them all and restore them after each test)."""
+        return list(_EVERY)
 
     def register(self, name: str, obj: T, replace: bool = False) -> T:
         """Add `obj` under `name`; a different object under a taken name needs `replace=True`."""
         if not isinstance(name, str) or not name or name != name.strip():
             raise ValueError(f"a {self.kind} name must be a non-empty string without surrounding spaces, got {name!r}")
-        old = dict.get(self, name)
+        old = self._entries.get(name)
         if old is not None and old is not obj and old != obj and not replace:
             raise ValueError(f"{self.kind} {name!r} is already registered ({describe(old)}); "
                              "pass replace=True to replace it")
-        self[name] = obj
+        self._entries[name] = obj
         return obj
 
-    def copy(self) -> "Registry[T]":
-        """A registry of the same kind holding the same entries (tests register into a copy)."""
-        twin: Registry[T] = Registry(self.kind, self.group, self.how_to_add, self._adopt)
-        twin.update(self)
-        twin._entry_points_loaded = self._entry_points_loaded
-        return twin
+    def snapshot(self) -> tuple[dict[str, T], bool]:
+        """What the registry holds now, for `restore` (a test registers, then puts everything back)."""
+        return dict(self._entries), self._entry_points_loaded
+
+    def restore(self, snapshot: tuple[dict[str, T], bool]) -> None:
+        entries, loaded = snapshot
+        self._entries, self._entry_points_loaded = dict(entries), loaded
 
     def lookup(self, name: str) -> T:
         """The object registered as `name`, loading entry points first if it is not there yet."""
-        if not dict.__contains__(self, name):
+        if name not in self._entries:
             self.load_entry_points()
-        if not dict.__contains__(self, name):
+        if name not in self._entries:
             raise UnknownName(f"unknown {self.kind} {name!r} (known: {', '.join(self) or 'none'}); "
                               f"{self.how_to_add}")
-        return self[name]
+        return self._entries[name]
+
+    __getitem__ = lookup
 
     def __contains__(self, name: object) -> bool:
-        if not dict.__contains__(self, name):
+        if name not in self._entries:
             self.load_entry_points()
-        return dict.__contains__(self, name)
-
-    def names(self) -> list[str]:
-        self.load_entry_points()
-        return list(self)
+        return name in self._entries
 
     def __iter__(self) -> Iterator[str]:
         self.load_entry_points()
-        return super().__iter__()
+        return iter(list(self._entries))
+
+    def __len__(self) -> int:
+        self.load_entry_points()
+        return len(self._entries)
+
+    __eq__ = object.__eq__  # a registry is an identity, not its contents (and so it is hashable)
+    __hash__ = object.__hash__
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}: {', '.join(self._entries) or 'empty'})"
 
     def load_entry_points(self) -> None:
         """Register what installed packages declare in this registry's entry-point group (once)."""
@@ -90,7 +111,7 @@ class Registry(dict, Generic[T]):
                 continue  # importing it registered what it provides
             if self._adopt is not None:
                 self._adopt(self, ep.name, obj)
-            elif not dict.__contains__(self, ep.name):
+            elif ep.name not in self._entries:
                 self.register(ep.name, obj)
 
 

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from kdverify import data as kd_data
-from kdverify.checkpoint import checkpoint_payload, save_checkpoint
+from kdverify.cache.checkpoint import checkpoint_payload, save_checkpoint
 from kdverify.data import Dataset
-from kdverify.models import build_model
+from kdverify.train.models import build_model
 
 INFERENCE = Path(__file__).resolve().parents[1] / "benchmarks" / "test_inference.py"
 SHAPE, CLASSES = (2, 6, 6), 4
@@ -42,8 +42,8 @@ def save_tiny(path: Path, name: str, hidden: int, data: Dataset, metrics: dict |
 def exporter_imported(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Export and quantise once out here: pytester's in-process runs unload the modules they import, and torch
     refuses to import some of the exporter's twice (its operator libraries register once per process)."""
-    from kdverify.export import export_model
-    from kdverify.quantize import quantize_int8
+    from kdverify.export.onnx import export_model
+    from kdverify.export.quantize import quantize_int8
 
     folder = tmp_path_factory.mktemp("warm-export")
     export_model(build_model("hinton_mlp", hidden=4, in_features=4, num_classes=2).eval(), (1, 2, 2),
@@ -57,13 +57,20 @@ def pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     for env in ("KDVERIFY_BENCH_TEACHER", "KDVERIFY_BENCH_STUDENT"):
         monkeypatch.delenv(env, raising=False)
     data = tiny_dataset()
-    monkeypatch.setitem(kd_data.LOADERS, "tiny4", lambda root: data)  # the in-process run sees it
+    kd_data.register_dataset("tiny4", lambda root: data)  # the in-process run sees it (removed after the test)
     return {
         "teacher": save_tiny(tmp_path / "t.pt", "tiny-teacher", 12, data, {"test": {"errors": 3, "total": 8}}),
         "student": save_tiny(tmp_path / "s.pt", "tiny-student", 5, data),
         "other-shape": save_tiny(tmp_path / "shape.pt", "tiny-3x6x6", 5, tiny_dataset(shape=(3, 6, 6))),
         "other-classes": save_tiny(tmp_path / "classes.pt", "tiny-5", 5, tiny_dataset(classes=5)),
     }
+
+
+@pytest.fixture(autouse=True)
+def not_an_xdist_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The inner pytest runs in this process: under `pytest -n`, pytest-benchmark would read this worker's
+    PYTEST_XDIST_WORKER and disable benchmarking (refusing --benchmark-only)."""
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
 
 
 def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
@@ -134,7 +141,7 @@ def test_without_options_the_built_in_pairs_run(pytester: pytest.Pytester, monke
 
 def test_built_in_pair_without_a_cache_uses_the_pinned_teacher_to_describe_the_student(tmp_path: Path) -> None:
     from benchmarks._pairs import load_built_in
-    from kdverify.pinned import read_manifest
+    from kdverify.cache.pinned import read_manifest
 
     pinned = read_manifest()["hinton-teacher"]
     teacher, student = load_built_in("mnist-mlp", tmp_path / "empty-cache")

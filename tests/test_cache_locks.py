@@ -18,9 +18,9 @@ TESTS = Path(__file__).parent
 WORKER = '''
 import json, sys, time
 import tiny_project  # registers the dataset and recipes
-from kdverify.cache import ModelCache
+from kdverify.cache.store import ModelCache
 from kdverify.data import load_dataset
-from kdverify.spec import resolve
+from kdverify.cache.spec import resolve
 
 root, recipe_name, slow, mode = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
 if mode == "die-while-writing":
@@ -112,9 +112,9 @@ def test_a_holder_killed_while_writing_leaves_nothing_corrupt_and_its_temporary_
 @pytest.mark.parametrize("damage", ["garbage", "truncate", "flip"])
 def test_a_corrupt_entry_is_retrained_under_the_lock_never_trusted(tmp_path, damage, capsys, tiny_registered):
 
-    from kdverify.cache import ModelCache
+    from kdverify.cache.spec import resolve
+    from kdverify.cache.store import ModelCache
     from kdverify.data import load_dataset
-    from kdverify.spec import resolve
 
     recipe = resolve("tiny-hard", "paper")
 

@@ -15,13 +15,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from kdverify import cache as cache_module
-from kdverify.cache import ModelCache, NotCached
-from kdverify.checkpoint import load_checkpoint
+from kdverify.cache import store as cache_module
+from kdverify.cache.checkpoint import load_checkpoint
+from kdverify.cache.spec import resolve
+from kdverify.cache.store import ModelCache, NotCached
 from kdverify.cli import main
 from kdverify.data import load_dataset
-from kdverify.recipes import get_recipe, register_recipe
-from kdverify.spec import resolve
+from kdverify.train.recipes import get_recipe, register_recipe
 
 
 @pytest.fixture

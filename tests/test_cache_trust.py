@@ -6,18 +6,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from kdverify import data, recipes
-from kdverify.cache import ModelCache
+from kdverify.cache.spec import resolve
+from kdverify.cache.store import ModelCache
 from kdverify.data import load_dataset
-from kdverify.recipes import get_recipe
-from kdverify.spec import resolve
+from kdverify.train.recipes import get_recipe
 
 
 @pytest.fixture(autouse=True)
 def tiny(monkeypatch):
-    """The tiny dataset and recipes, registered into private copies of the registries (nothing leaks)."""
-    monkeypatch.setattr(data, "LOADERS", data.LOADERS.copy())
-    monkeypatch.setattr(recipes, "RECIPES", recipes.RECIPES.copy())
+    """The tiny dataset and recipes, registered for one test (conftest's registries_restored removes them)."""
     monkeypatch.syspath_prepend(str(Path(__file__).parent))
     import tiny_project
 
@@ -49,7 +46,7 @@ def test_a_student_recipe_whose_teacher_learns_other_data_is_refused_before_trai
     import dataclasses
 
     from kdverify.errors import KdverifyError
-    from kdverify.recipes import register_recipe
+    from kdverify.train.recipes import register_recipe
 
     kd = get_recipe("tiny-kd-0", "paper")
     register_recipe(dataclasses.replace(kd, name="tiny-kd-mnist-teacher", teacher="hinton-teacher"))
@@ -59,7 +56,7 @@ def test_a_student_recipe_whose_teacher_learns_other_data_is_refused_before_trai
 
 
 def test_a_cache_that_cannot_be_written_keeps_the_trained_model_for_the_session(tmp_path, monkeypatch):
-    from kdverify import cache as cache_module
+    from kdverify.cache import store as cache_module
     from kdverify.errors import CheckpointError
 
     def disk_full(path, payload, force=False):
@@ -78,7 +75,7 @@ def test_a_student_that_cannot_join_its_teacher_fails_before_the_teacher_trains(
     import dataclasses
 
     from kdverify.errors import KdverifyError
-    from kdverify.recipes import register_recipe
+    from kdverify.train.recipes import register_recipe
 
     register_recipe(dataclasses.replace(get_recipe("tiny-kd-0", "paper"), name="tiny-hint", objective="hint",
                                         arch="light_nn", arch_kwargs={}))

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from kdverify.calibrate import calibrate, format_stats, seed_stats
-from kdverify.claims import Threshold
+from kdverify.claims.calibrate import calibrate, format_stats, seed_stats
+from kdverify.claims.core import Threshold
 from kdverify.cli import main
 from kdverify.errors import KdverifyError
 
@@ -60,8 +60,8 @@ def test_every_seed_offset_is_measured_and_the_threshold_comes_from_the_claim_ne
     the claim's own threshold (the data variant's), whatever the runs measured, and only --out is written."""
     from types import SimpleNamespace
 
-    import kdverify.lab
-    from kdverify.claims import Claim
+    import kdverify.claims.lab
+    from kdverify.claims.core import Claim
 
     claims = [Claim("c.hard", "me", "few errors", "errors_on_test", {"recipe": "r"}, None, "errors",
                     Threshold("<=", 100, "mine")),
@@ -80,7 +80,7 @@ def test_every_seed_offset_is_measured_and_the_threshold_comes_from_the_claim_ne
             threshold = claim.threshold.for_data("cifar10-jpeg-q75")  # what a lab on the stand-in applies
             return SimpleNamespace(measured=value, threshold=threshold, detail="", verdict="?")
 
-    monkeypatch.setattr(kdverify.lab, "ClaimsLab", FakeLab)
+    monkeypatch.setattr(kdverify.claims.lab, "ClaimsLab", FakeLab)
     monkeypatch.chdir(tmp_path)
     results = calibrate([0, 3], claims=claims, out=tmp_path / "c.json")
     assert offsets == [0, 3]
@@ -95,16 +95,13 @@ def test_calibrate_measures_a_users_own_claims_and_writes_where_told(tmp_path, m
     """`--claims MODULE:NAME` with `--import`: a user's claims on a user's recipes, written only to --out."""
     from click.testing import CliRunner
 
-    from kdverify import data, recipes
     from kdverify.cli import main
 
-    monkeypatch.setattr(recipes, "RECIPES", recipes.RECIPES.copy())
-    monkeypatch.setattr(data, "LOADERS", data.LOADERS.copy())
     monkeypatch.syspath_prepend(str(Path(__file__).parent))
     monkeypatch.setenv("KDVERIFY_CACHE", str(tmp_path / "cache"))
     (tmp_path / "my_claims.py").write_text(
         "import importlib, tiny_project\nimportlib.reload(tiny_project)\n"
-        "from kdverify.claims import Claim, Threshold\n"
+        "from kdverify.claims.core import Claim, Threshold\n"
         "CLAIMS = [Claim('my.hard', 'me', 'learns', 'errors_on_test', {'recipe': 'tiny-hard'}, None, 'errors',"
         " Threshold('<=', 200, 'mine'))]\n")
     monkeypatch.chdir(tmp_path)

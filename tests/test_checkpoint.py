@@ -4,10 +4,16 @@ import pickle
 import pytest
 import torch
 
-from kdverify.checkpoint import checkpoint_payload, load_checkpoint, machine_description, payload_seal, \
-    save_checkpoint, state_digest
+from kdverify.cache.checkpoint import (
+    checkpoint_payload,
+    load_checkpoint,
+    machine_description,
+    payload_seal,
+    save_checkpoint,
+    state_digest,
+)
 from kdverify.errors import CheckpointError
-from kdverify.models import HintonMLP, LightNN, build_model
+from kdverify.train.models import HintonMLP, LightNN, build_model
 
 
 def _payload(tiny_mnist, model=None, **kw):
@@ -192,7 +198,7 @@ def test_state_digest_covers_zero_dim_buffers_and_keeps_old_digests():
     bn.num_batches_tracked += 1
     assert state_digest(bn) != first
     # the pinned MNIST teacher's digest, computed before 0-dim tensors were handled, is unchanged
-    from kdverify.pinned import TEACHERS_DIR, read_manifest
+    from kdverify.cache.pinned import TEACHERS_DIR, read_manifest
 
     teacher = load_checkpoint(TEACHERS_DIR / "hinton-teacher.pt")
     assert state_digest(teacher.model) == read_manifest()["hinton-teacher"]["weights_sha256"]

@@ -1,5 +1,5 @@
 """Claims as data, without training: construction, verdicts, stand-in allowances, metrics on a fake lab,
-and every paper claim's threshold against the tolerance rule stated in kdverify.paper_claims."""
+and every paper claim's threshold against the tolerance rule stated in kdverify.claims.paper."""
 
 import inspect
 import subprocess
@@ -10,11 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-import kdverify.measures  # noqa: F401 - registers the built-in metrics into METRICS
-from kdverify.claims import METRICS, Claim, Measurement, Threshold, Verdict, judge, measure
+import kdverify.claims.measures  # noqa: F401 - registers the built-in metrics into METRICS
+from kdverify.claims.core import METRICS, Claim, Measurement, Threshold, Verdict, judge, measure
 from kdverify.data import Split
-from kdverify.recipes import RECIPES, get_recipe
-from kdverify.metrics import Evaluation
+from kdverify.train.metrics import Evaluation
+from kdverify.train.recipes import RECIPES, get_recipe
 
 AT_LEAST_70 = Threshold(">=", 70.0)
 
@@ -209,7 +209,7 @@ RELATIVE = {  # id -> (op, value): the relative claims' thresholds, as the modul
 
 
 def test_every_paper_claim_threshold_follows_the_stated_rule():
-    from kdverify.paper_claims import CLAIMS, CLAIMS_BY_ID
+    from kdverify.claims.paper import CLAIMS, CLAIMS_BY_ID
 
     assert len(CLAIMS_BY_ID) == len(CLAIMS), "claim ids are unique"
     for claim in CLAIMS:
@@ -238,7 +238,7 @@ def test_every_paper_claim_threshold_follows_the_stated_rule():
 
 
 def test_every_paper_claim_is_well_formed():
-    from kdverify.paper_claims import CLAIMS, CLAIMS_BY_ID
+    from kdverify.claims.paper import CLAIMS, CLAIMS_BY_ID
 
     for claim in CLAIMS:
         inspect.signature(METRICS[claim.metric]).bind(None, **claim.args)  # arguments fit the metric
@@ -255,12 +255,12 @@ def test_every_paper_claim_is_well_formed():
 
 
 def test_importing_claims_does_not_import_the_paper_claims():
-    code = "import kdverify.claims, sys; assert 'kdverify.paper_claims' not in sys.modules"
+    code = "import kdverify.claims.core, sys; assert 'kdverify.claims.paper' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
 def test_a_users_metric_is_registered_with_its_definition_and_never_replaced_silently():
-    from kdverify.claims import METRIC_DEFINITIONS, METRICS, Claim, Measurement, Threshold, register_metric
+    from kdverify.claims.core import METRIC_DEFINITIONS, METRICS, Claim, Measurement, Threshold, register_metric
 
     def top_logit(lab, recipe):
         return Measurement(1.0, recipe)

@@ -16,7 +16,7 @@ def _epochs_listed(output: str, name: str) -> int:
 
 
 def test_recipes_lists_every_recipe():
-    from kdverify.recipes import RECIPES, get_recipe
+    from kdverify.train.recipes import RECIPES, get_recipe
 
     result = run("recipes")
     assert result.exit_code == 0, result.output
@@ -55,10 +55,10 @@ def test_pin_ships_a_teacher_trained_with_its_fast_recipe(tmp_path, tiny_mnist, 
 
     import torch
 
-    from kdverify import pinned
-    from kdverify.checkpoint import checkpoint_payload, save_checkpoint
-    from kdverify.models import build_model
-    from kdverify.recipes import get_recipe
+    from kdverify.cache import pinned
+    from kdverify.cache.checkpoint import checkpoint_payload, save_checkpoint
+    from kdverify.train.models import build_model
+    from kdverify.train.recipes import get_recipe
 
     folder = tmp_path / "teachers"
     monkeypatch.setattr(pinned, "pin_teacher", functools.partial(pinned.pin_teacher, folder=folder))

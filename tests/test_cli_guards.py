@@ -17,17 +17,17 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from kdverify import checkpoint as checkpoint_module
 from kdverify import data as data_module
-from kdverify import determinism
 from kdverify import io as io_module
-from kdverify import train as train_module
-from kdverify.checkpoint import checkpoint_payload, load_checkpoint, save_checkpoint
+from kdverify.cache import checkpoint as checkpoint_module
+from kdverify.cache.checkpoint import checkpoint_payload, load_checkpoint, save_checkpoint
 from kdverify.cli import main, resolve_device
-from kdverify.models import build_model
-from kdverify.recipes import BUDGETS, RECIPES, get_recipe
-from kdverify.metrics import Evaluation
-from kdverify.train import TrainResult
+from kdverify.train import determinism
+from kdverify.train import loop as train_module
+from kdverify.train.loop import TrainResult
+from kdverify.train.metrics import Evaluation
+from kdverify.train.models import build_model
+from kdverify.train.recipes import BUDGETS, RECIPES, get_recipe
 
 
 def run(*args: str, **kwargs):
@@ -364,11 +364,9 @@ def test_sigterm_handler_is_restored_after_the_command():
 @pytest.fixture
 def user_modules(tmp_path, monkeypatch):
     """A folder of user modules as the current directory; sys.path, sys.modules and RECIPES restored after."""
-    from kdverify import recipes
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", list(sys.path))
-    monkeypatch.setattr(recipes, "RECIPES", recipes.RECIPES.copy())
     before = set(sys.modules)
 
     def write(name: str, source: str) -> str:
@@ -382,9 +380,8 @@ def user_modules(tmp_path, monkeypatch):
 
 
 _REGISTER = """
-    from kdverify.recipes import RECIPES, Recipe
-    r = Recipe("{name}", "mnist", "hinton_mlp", epochs=1, lr=0.1)
-    RECIPES["{name}"] = {{"original": r, "fast": r}}
+    from kdverify.train.recipes import Recipe, register_recipe
+    register_recipe(Recipe("{name}", "mnist", "hinton_mlp", epochs=1, lr=0.1))
 """
 
 
@@ -489,7 +486,7 @@ def test_force_never_replaces_a_device_node(tmp_path, stand_ins):
 
 
 def test_absurd_epochs_are_usage_errors_and_long_etas_count_days():
-    from kdverify.train import duration_text
+    from kdverify.train.loop import duration_text
 
     result = run("train", "--recipe", "hinton-student-hard", "--out", "x.pt", "--epochs", str(10**30))
     assert result.exit_code == 2 and "--epochs" in result.output and "Traceback" not in result.output

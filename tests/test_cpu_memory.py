@@ -12,11 +12,11 @@ import sys
 
 import pytest
 
-from kdverify import cpu_memory
+from kdverify.train import cpu_memory
 
 PROBE = """
 import ctypes, json, sys
-from kdverify import cpu_memory
+from kdverify.train import cpu_memory
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",

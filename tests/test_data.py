@@ -6,17 +6,18 @@ import numpy as np
 import pytest
 import torch
 
-from kdverify import data
 from kdverify.data import (
     AUGMENTATIONS,
     Split,
     augment,
     balanced_subset,
+    cifar,
     filter_classes,
     get_augmentation,
     iterate_batches,
     load_cifar10,
     load_mnist,
+    mnist,
     normalize,
     split_holdout,
     translate,
@@ -143,7 +144,7 @@ def test_mnist_reader_checks_checksums(tmp_path, monkeypatch):
         digests[f"{prefix}-labels-idx1-ubyte"] = hashlib.md5(payload).hexdigest()
     with pytest.raises(DataError, match="fails its checksum"):
         load_mnist(tmp_path)  # synthetic bytes are not canonical MNIST
-    monkeypatch.setattr(data, "MNIST_MD5", digests)
+    monkeypatch.setattr(mnist, "MNIST_MD5", digests)
     ds = load_mnist(tmp_path)
     assert ds.train.images.shape == (30, 1, 28, 28) and ds.test.labels.shape == (10,)
     (raw / "t10k-labels-idx1-ubyte").write_bytes(b"\x00\x00")  # truncated
@@ -167,6 +168,6 @@ def test_cifar_batches_refuse_code(tmp_path):
             return (print, ("pwned",))
 
     payload = pickle.dumps({b"data": Evil()})
-    unpickler = data._NumpyOnlyUnpickler(__import__("io").BytesIO(payload), encoding="bytes")
+    unpickler = cifar._NumpyOnlyUnpickler(__import__("io").BytesIO(payload), encoding="bytes")
     with pytest.raises(pickle.UnpicklingError, match="refusing"):
         unpickler.load()

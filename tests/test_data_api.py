@@ -9,9 +9,8 @@ from kdverify.errors import DataError, DataMissing
 
 
 @pytest.fixture
-def registry(monkeypatch):
-    """A private copy of the registry, so tests never leak datasets into each other."""
-    monkeypatch.setattr(data, "LOADERS", data.LOADERS.copy())
+def registry():
+    """The dataset registry (conftest's registries_restored puts it back after each test)."""
     return data.LOADERS
 
 

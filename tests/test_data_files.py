@@ -17,9 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kdverify import data
-from kdverify.claims import Threshold
-from kdverify.data import load_cifar10, load_mnist
+from kdverify.claims.core import Threshold
+from kdverify.data import cifar, load_cifar10, load_mnist, mnist
 from kdverify.errors import DataCorrupt, DataMissing
 
 # ---------------------------------------------------------------- helpers
@@ -53,7 +52,7 @@ def _fake_mnist(root: pathlib.Path, monkeypatch, n_train: int = 30, n_test: int 
             target = raw / (name + ".gz" if packed else name)
             target.write_bytes(gzip.compress(payload, mtime=0) if packed else payload)
             payloads[name], digests[name] = payload, hashlib.md5(payload).hexdigest()
-    monkeypatch.setattr(data, "MNIST_MD5", digests)
+    monkeypatch.setattr(mnist, "MNIST_MD5", digests)
     return payloads
 
 
@@ -76,7 +75,7 @@ def _fake_jpeg_tar(root: pathlib.Path, monkeypatch, sizes: dict[str, int] | None
                    classes: tuple[str, ...] = ("airplane", "cat", "truck"), corrupt_one: bool = False) -> pathlib.Path:
     """A tiny cifar10-jpeg-q75.tar.gz (real JPEGs, the real layout); md5 and sizes patched to accept it."""
     sizes = sizes or {"train": 6, "test": 3}
-    path = root / data.CIFAR_JPEG_TAR
+    path = root / cifar.CIFAR_JPEG_TAR
     path.parent.mkdir(parents=True)
     rng = np.random.default_rng(1)
     labels = []
@@ -89,20 +88,20 @@ def _fake_jpeg_tar(root: pathlib.Path, monkeypatch, sizes: dict[str, int] | None
                     payload = payload[:len(payload) // 3]  # a truncated JPEG
                 _add(tar, f"{split}/{classes[i % len(classes)]}/{i:04d}.jpg", payload)
                 cls = classes[i % len(classes)]
-                labels.append(data.CIFAR_CLASSES.index(cls) if cls in data.CIFAR_CLASSES else -1)
-    monkeypatch.setattr(data, "CIFAR_JPEG_MD5", hashlib.md5(path.read_bytes()).hexdigest())
-    monkeypatch.setattr(data, "CIFAR_JPEG_LABELS_SHA256",  # the source's labels, as the real constant is
+                labels.append(cifar.CIFAR_CLASSES.index(cls) if cls in cifar.CIFAR_CLASSES else -1)
+    monkeypatch.setattr(cifar, "CIFAR_JPEG_MD5", hashlib.md5(path.read_bytes()).hexdigest())
+    monkeypatch.setattr(cifar, "CIFAR_JPEG_LABELS_SHA256",  # the source's labels, as the real constant is
                         hashlib.sha256(np.asarray(labels, np.int64).tobytes()).hexdigest())
-    monkeypatch.setattr(data, "CIFAR_JPEG_SIZES", dict(sizes))
+    monkeypatch.setattr(cifar, "CIFAR_JPEG_SIZES", dict(sizes))
     return path
 
 
 def _cache_file(cache: pathlib.Path) -> pathlib.Path:
-    return cache / f"cifar10-jpeg-q75-{data.CIFAR_JPEG_MD5[:12]}.npz"
+    return cache / f"cifar10-jpeg-q75-{cifar.CIFAR_JPEG_MD5[:12]}.npz"
 
 
 def _reference(tar: pathlib.Path) -> dict[str, np.ndarray]:
-    return data._decode_jpeg_tar(tar)
+    return cifar._decode_jpeg_tar(tar)
 
 
 def _same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
@@ -126,14 +125,14 @@ def test_absent_files_raise_data_missing_naming_file_and_fix(tmp_path):
 
 def test_checksum_failures_raise_data_corrupt_naming_file_and_fix(tmp_path, monkeypatch):
     _fake_mnist(tmp_path, monkeypatch)
-    monkeypatch.setattr(data, "MNIST_MD5", dict.fromkeys(data.MNIST_MD5, "0" * 32))
+    monkeypatch.setattr(mnist, "MNIST_MD5", dict.fromkeys(mnist.MNIST_MD5, "0" * 32))
     with pytest.raises(DataCorrupt, match=r"train-images-idx3-ubyte.*fails its checksum.*download it again") as e:
         load_mnist(tmp_path)
     _one_line(e)
 
     batches = tmp_path / "cifar-10-batches-py"
     batches.mkdir()
-    for name in data.CIFAR_BATCH_MD5:
+    for name in cifar.CIFAR_BATCH_MD5:
         (batches / name).write_bytes(b"not a pickle")
     with pytest.raises(DataCorrupt, match=r"data_batch_1 fails its checksum.*CIFAR10.*download") as e:
         load_cifar10(tmp_path)
@@ -142,7 +141,7 @@ def test_checksum_failures_raise_data_corrupt_naming_file_and_fix(tmp_path, monk
 
 def test_jpeg_tar_failing_its_checksum_is_corrupt(tmp_path, monkeypatch):
     tar = _fake_jpeg_tar(tmp_path, monkeypatch)
-    monkeypatch.setattr(data, "CIFAR_JPEG_MD5", "0" * 32)
+    monkeypatch.setattr(cifar, "CIFAR_JPEG_MD5", "0" * 32)
     with pytest.raises(DataCorrupt, match=r"cifar10-jpeg-q75\.tar\.gz fails its checksum.*replace it") as e:
         load_cifar10(tmp_path, cache_dir=tmp_path / "cache")
     _one_line(e)
@@ -168,11 +167,11 @@ def test_cifar_batch_that_passes_its_checksum_but_does_not_unpickle_is_corrupt(t
     batches = tmp_path / "cifar-10-batches-py"
     batches.mkdir()
     digests = {}
-    for name in data.CIFAR_BATCH_MD5:
+    for name in cifar.CIFAR_BATCH_MD5:
         payload = b"\x80\x04garbage"
         (batches / name).write_bytes(payload)
         digests[name] = hashlib.md5(payload).hexdigest()
-    monkeypatch.setattr(data, "CIFAR_BATCH_MD5", digests)
+    monkeypatch.setattr(cifar, "CIFAR_BATCH_MD5", digests)
     with pytest.raises(DataCorrupt, match=r"data_batch_1 cannot be decoded") as e:
         load_cifar10(tmp_path)
     _one_line(e)
@@ -189,7 +188,7 @@ def test_jpeg_tar_that_does_not_decode_is_corrupt(tmp_path, monkeypatch, problem
               "wrong count": {}}[problem]
     _fake_jpeg_tar(tmp_path, monkeypatch, **kwargs)
     if problem == "wrong count":
-        monkeypatch.setattr(data, "CIFAR_JPEG_SIZES", {"train": 7, "test": 3})
+        monkeypatch.setattr(cifar, "CIFAR_JPEG_SIZES", {"train": 7, "test": 3})
     with pytest.raises(DataCorrupt, match=r"cifar10-jpeg-q75\.tar\.gz " + message) as e:
         load_cifar10(tmp_path, cache_dir=tmp_path / "cache")
     _one_line(e)
@@ -241,7 +240,7 @@ def test_idx_header_that_lies_about_its_size_is_corrupt(tmp_path, monkeypatch):
     labels = tmp_path / "MNIST" / "raw" / "t10k-labels-idx1-ubyte"
     payload = _idx(np.zeros(10))[:-1]  # header says 10 labels, 9 follow
     labels.write_bytes(payload)
-    monkeypatch.setitem(data.MNIST_MD5, "t10k-labels-idx1-ubyte", hashlib.md5(payload).hexdigest())
+    monkeypatch.setitem(mnist.MNIST_MD5, "t10k-labels-idx1-ubyte", hashlib.md5(payload).hexdigest())
     with pytest.raises(DataCorrupt, match=r"t10k-labels-idx1-ubyte is not a uint8 IDX file"):
         load_mnist(tmp_path)
 
@@ -258,9 +257,9 @@ def test_jpeg_stand_in_is_decoded_once_then_read_from_the_cache(tmp_path, monkey
     assert ds.train.labels.tolist() == [0, 3, 9] * 2 and ds.test.labels.tolist() == [0, 3, 9]
     assert _cache_file(tmp_path / "cache").is_file() and "decoding" in capsys.readouterr().err
     reference = _reference(tar)
-    monkeypatch.setattr(data, "_decode_jpeg_tar", lambda path: pytest.fail("decoded again despite a good cache"))
+    monkeypatch.setattr(cifar, "_decode_jpeg_tar", lambda path: pytest.fail("decoded again despite a good cache"))
     again = load_cifar10(tmp_path, cache_dir=tmp_path / "cache")
-    assert _same(data._read_cifar_cache(_cache_file(tmp_path / "cache"))[0], reference)
+    assert _same(cifar._read_cifar_cache(_cache_file(tmp_path / "cache"))[0], reference)
     assert (again.train.images == ds.train.images).all()
 
 
@@ -294,7 +293,7 @@ def test_every_kind_of_broken_cache_is_rebuilt(tmp_path, monkeypatch, capsys):
         ds = load_cifar10(tmp_path, cache_dir=cache)
         assert np.array_equal(ds.train.images.numpy(), reference["train_x"]), name
         assert np.array_equal(ds.test.labels.numpy(), reference["test_y"]), name
-        assert _same(data._read_cifar_cache(cached)[0], reference), f"{name}: cache not repaired"
+        assert _same(cifar._read_cifar_cache(cached)[0], reference), f"{name}: cache not repaired"
         assert "does not read back" in capsys.readouterr().err, name
     assert not list(cache.glob(".*.tmp")), "temporaries left behind"
 
@@ -310,14 +309,14 @@ def test_bad_crc_in_the_cache_is_rebuilt(tmp_path, monkeypatch):
     cached.write_bytes(bytes(good))
     with pytest.raises(Exception, match="Bad CRC-32"), np.load(cached) as npz:
         [npz[k] for k in npz.files]
-    assert "Bad CRC-32" in data._read_cifar_cache(cached)[1]
-    assert _same(data._cifar_jpeg_arrays(tar, cache), _reference(tar))
+    assert "Bad CRC-32" in cifar._read_cifar_cache(cached)[1]
+    assert _same(cifar._cifar_jpeg_arrays(tar, cache), _reference(tar))
 
 
 def test_cache_reader_never_raises_whatever_byte_is_flipped(tmp_path, monkeypatch):
     tar = _fake_jpeg_tar(tmp_path, monkeypatch, sizes={"train": 2, "test": 1})
     cache = tmp_path / "cache"
-    data._cifar_jpeg_arrays(tar, cache)
+    cifar._cifar_jpeg_arrays(tar, cache)
     cached, reference = _cache_file(cache), _reference(tar)
     good = cached.read_bytes()
     # every byte of the zip and npy headers and the central directory, a sample of the pixels
@@ -328,7 +327,7 @@ def test_cache_reader_never_raises_whatever_byte_is_flipped(tmp_path, monkeypatc
             flipped = bytearray(good)
             flipped[pos] ^= mask
             cached.write_bytes(bytes(flipped))
-            arrays, why = data._read_cifar_cache(cached)
+            arrays, why = cifar._read_cifar_cache(cached)
             if arrays is not None:  # an unused field (timestamp, comment length...) was hit: data unchanged
                 assert _same(arrays, reference), f"flip {mask:#x} at {pos} accepted changed data"
                 accepted += 1
@@ -340,15 +339,15 @@ def test_cache_reader_never_raises_whatever_byte_is_flipped(tmp_path, monkeypatc
 def test_rebuild_renames_over_the_old_file_so_readers_keep_theirs(tmp_path, monkeypatch):
     tar = _fake_jpeg_tar(tmp_path, monkeypatch)
     cache = tmp_path / "cache"
-    data._cifar_jpeg_arrays(tar, cache)
+    cifar._cifar_jpeg_arrays(tar, cache)
     cached = _cache_file(cache)
     cached.write_bytes(cached.read_bytes()[:100])
     before = os.stat(cached).st_ino
     with open(cached, "rb") as reader:  # another process mid-read of the old file
-        data._cifar_jpeg_arrays(tar, cache)
+        cifar._cifar_jpeg_arrays(tar, cache)
         assert len(reader.read()) == 100, "the old file was overwritten in place"
     assert os.stat(cached).st_ino != before
-    assert _same(data._read_cifar_cache(cached)[0], _reference(tar))
+    assert _same(cifar._read_cifar_cache(cached)[0], _reference(tar))
 
 
 def test_without_a_usable_lock_the_stand_in_still_loads(tmp_path, monkeypatch, capsys):
@@ -357,14 +356,14 @@ def test_without_a_usable_lock_the_stand_in_still_loads(tmp_path, monkeypatch, c
     def no_lock(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(data, "exclusive", no_lock)  # e.g. a read-only cache folder
+    monkeypatch.setattr(cifar, "exclusive", no_lock)  # e.g. a read-only cache folder
     ds = load_cifar10(tmp_path, cache_dir=tmp_path / "cache")
     assert ds.train.images.shape == (6, 3, 32, 32)
     assert "decoding cifar10-jpeg-q75.tar.gz without caching it" in capsys.readouterr().err
 
 
 def _decode_in_child(tar, cache, counter, barrier, results) -> None:
-    real = data._decode_jpeg_tar
+    real = cifar._decode_jpeg_tar
 
     def counted(path):
         with open(counter, "a") as f:
@@ -372,9 +371,9 @@ def _decode_in_child(tar, cache, counter, barrier, results) -> None:
         time.sleep(0.3)  # widen the window in which the others would also start decoding
         return real(path)
 
-    data._decode_jpeg_tar = counted
+    cifar._decode_jpeg_tar = counted
     barrier.wait()
-    arrays = data._cifar_jpeg_arrays(tar, cache)
+    arrays = cifar._cifar_jpeg_arrays(tar, cache)
     results.put(hashlib.sha256(b"".join(arrays[k].tobytes() for k in sorted(arrays))).hexdigest())
 
 
@@ -398,7 +397,7 @@ def test_concurrent_processes_decode_once(tmp_path, monkeypatch, state):
         assert p.exitcode == 0
     assert len(counter.read_text().splitlines()) == 1, "more than one process decoded"
     assert len(set(digests)) == 1
-    assert _same(data._read_cifar_cache(_cache_file(cache))[0], _reference(tar))
+    assert _same(cifar._read_cifar_cache(_cache_file(cache))[0], _reference(tar))
 
 
 @pytest.mark.parametrize("tamper", ["shifted-labels", "first-image"])
@@ -410,13 +409,13 @@ def test_a_well_formed_decoded_copy_that_is_not_the_sources_is_decoded_again(tmp
     cached = _cache_file(tmp_path / "cache")
     bad = {k: v.copy() for k, v in reference.items()}
     if tamper == "shifted-labels":
-        bad["train_y"] = (bad["train_y"] + 1) % len(data.CIFAR_CLASSES)
+        bad["train_y"] = (bad["train_y"] + 1) % len(cifar.CIFAR_CLASSES)
     else:
         bad["train_x"][0] ^= 1
     cached.parent.mkdir(parents=True)
     np.savez(cached, **bad)
-    assert data._cifar_arrays_problem(bad) is None  # what the old check looked at
-    loaded = data.load_cifar10(tmp_path / "data", tmp_path / "cache")
+    assert cifar._cifar_arrays_problem(bad) is None  # what the old check looked at
+    loaded = cifar.load_cifar10(tmp_path / "data", tmp_path / "cache")
     assert np.array_equal(loaded.train.labels.numpy(), reference["train_y"])
     assert np.array_equal(loaded.train.images.numpy(), reference["train_x"])
-    assert _same(data._read_cifar_cache(cached, tar)[0], reference)  # and the copy was replaced
+    assert _same(cifar._read_cifar_cache(cached, tar)[0], reference)  # and the copy was replaced

@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from kdverify.checkpoint import load_checkpoint
+from kdverify.cache.checkpoint import load_checkpoint
 
 TESTS = Path(__file__).parent
 

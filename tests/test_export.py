@@ -18,16 +18,16 @@ import torch
 from click.testing import CliRunner
 
 from conftest import make_pattern_split
-from kdverify import export as ex
-from kdverify import quantize as q
-from kdverify import validate as v
-from kdverify.checkpoint import checkpoint_payload, load_checkpoint, payload_seal, save_checkpoint
+from kdverify.cache.checkpoint import checkpoint_payload, load_checkpoint, payload_seal, save_checkpoint
 from kdverify.cli import main
 from kdverify.data import CIFAR_CLASSES, CIFAR_NORM, Dataset
 from kdverify.errors import DataMissing, KdverifyError
-from kdverify.models import build_model
-from kdverify.recipes import Recipe
-from kdverify.train import fit
+from kdverify.export import onnx as ex
+from kdverify.export import quantize as q
+from kdverify.export import validate as v
+from kdverify.train.loop import fit
+from kdverify.train.models import build_model
+from kdverify.train.recipes import Recipe
 
 # every layer of every architecture; the CIFAR teacher on 16x16 inputs (the same graph, a quarter of its convolutions)
 ARCHS = {"hinton_mlp": {"hidden": 32}, "blog_cnn": {}, "light_nn": {}, "deep_nn": {"image_size": 16}}

@@ -17,14 +17,14 @@ from click.testing import CliRunner
 from torch import nn
 
 from conftest import make_pattern_split
-from kdverify import export as ex
-from kdverify import quantize as q
-from kdverify import validate as v
-from kdverify.checkpoint import checkpoint_payload, save_checkpoint
+from kdverify.cache.checkpoint import checkpoint_payload, save_checkpoint
 from kdverify.cli import main
 from kdverify.data import Dataset
 from kdverify.errors import DataCorrupt, DataError, DataMissing
-from kdverify.models import build_model
+from kdverify.export import onnx as ex
+from kdverify.export import quantize as q
+from kdverify.export import validate as v
+from kdverify.train.models import build_model
 
 PINNED_TEACHER = Path(ex.__file__).parent / "teachers" / "hinton-teacher.pt"
 
@@ -273,7 +273,7 @@ def test_fixed_batch_is_validated_on_as_many_images_as_dynamic(data, mlp_ckpt, t
 
 
 def test_fixed_batch_check_sees_a_graph_that_is_wrong_after_the_first_image(data, mlp_ckpt, tmp_path, monkeypatch):
-    from kdverify.checkpoint import load_checkpoint
+    from kdverify.cache.checkpoint import load_checkpoint
 
     first_pixel = float(ex._inputs(load_checkpoint(mlp_ckpt), None)[0][0, 0, 0, 0])
     real_to_proto = ex.to_proto

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from kdverify.claims import Claim, Threshold
-from kdverify.paper_claims import CLAIMS
-from kdverify.references import headroom, headroom_table, load_references, recipe_fingerprints
+from kdverify.claims.core import Claim, Threshold
+from kdverify.claims.paper import CLAIMS
+from kdverify.claims.references import headroom, headroom_table, load_references, recipe_fingerprints
 
 
 def test_every_built_in_gated_trained_claim_has_a_fresh_reference_with_headroom():

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdverify.losses import cosine_loss, hint_loss, kd_loss, pool_to_width, soft_target_kl
+from kdverify.train.losses import cosine_loss, hint_loss, kd_loss, pool_to_width, soft_target_kl
 
 
 def tutorial_soft_loss(student, teacher, T):
@@ -90,6 +90,6 @@ def test_cosine_loss_equals_cosine_embedding_loss_with_pooling():
 def test_hint_loss_is_mse_and_registry():
     a, b = torch.randn(2, 32, 8, 8), torch.randn(2, 32, 8, 8)
     torch.testing.assert_close(hint_loss(a, b), ((a - b) ** 2).mean())
-    from kdverify.objectives import OBJECTIVES
+    from kdverify.train.objectives import OBJECTIVES
 
     assert {"ce", "kd", "cosine", "hint"} <= set(OBJECTIVES)  # users may register more

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from kdverify.models import (
+from kdverify.train.models import (
     ARCHITECTURES,
     BlogCNN,
     DeepNN,
@@ -55,7 +55,7 @@ def test_regressor_is_built_from_the_two_feature_map_shapes():
 
 
 def test_builtin_models_take_their_shape_from_the_data():
-    from kdverify.models import shape_kwargs
+    from kdverify.train.models import shape_kwargs
 
     for arch in ("blog_cnn", "deep_nn", "light_nn"):
         model = build_model(arch, **shape_kwargs(arch, (1, 20, 24), 7))  # grey 20x24 images, 7 classes

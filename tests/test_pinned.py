@@ -7,13 +7,19 @@ import json
 import pytest
 import torch
 
-from kdverify.checkpoint import checkpoint_payload, load_checkpoint, machine_description, payload_seal, \
-    save_checkpoint, state_digest
+from kdverify.cache.checkpoint import (
+    checkpoint_payload,
+    load_checkpoint,
+    machine_description,
+    payload_seal,
+    save_checkpoint,
+    state_digest,
+)
+from kdverify.cache.pinned import MANIFEST, is_pinned, load_pinned, pin_teacher, read_manifest
 from kdverify.errors import CheckpointError, KdverifyError
-from kdverify.pinned import MANIFEST, is_pinned, load_pinned, pin_teacher, read_manifest
-from kdverify.recipes import Recipe
-from kdverify.metrics import predict_logits
-from kdverify.train import TRAINER_VERSION, fit
+from kdverify.train.loop import TRAINER_VERSION, fit
+from kdverify.train.metrics import predict_logits
+from kdverify.train.recipes import Recipe
 
 RECIPE = Recipe("tiny-teacher", "mnist", "hinton_mlp", arch_kwargs={"hidden": 16}, epochs=1, lr=0.05, momentum=0.9,
                 batch_size=100, note="pinned by a test")

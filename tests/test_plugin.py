@@ -76,8 +76,8 @@ def test_failing_claim_fails_the_run_and_report_is_written(pytester, tmp_path, m
     monkeypatch.setenv("KDVERIFY_DATA", str(tmp_path / "empty"))
     pytester.makepyfile(test_fail="""
 import dataclasses
-from kdverify.claims import Threshold
-from kdverify.paper_claims import CLAIMS_BY_ID
+from kdverify.claims.core import Threshold
+from kdverify.claims.paper import CLAIMS_BY_ID
 
 def test_wrong_count(kd_claim):
     claim = dataclasses.replace(CLAIMS_BY_ID["tutorial.params_deepnn"], threshold=Threshold("==", 1))
@@ -96,7 +96,7 @@ def test_wrong_count(kd_claim):
 
 
 USER_DECLARED = """
-from kdverify.claims import Claim, Threshold
+from kdverify.claims.core import Claim, Threshold
 
 def light(id, threshold, **kw):
     return Claim(id, "user", "LightNN parameter count", "parameter_count", {"arch": "light_nn"}, None, "params",
@@ -151,8 +151,8 @@ def test_cuda_device_without_cuda_is_a_usage_error(no_data):
 def test_training_progress_is_shown_live_despite_output_capture(pytester):
     """Training runs inside a test; its epoch lines must reach the terminal, not the capture buffer."""
     pytester.makepyfile(test_progress="""
-        from kdverify.recipes import get_recipe
-        from kdverify.train import EpochRecord
+        from kdverify.train.recipes import get_recipe
+        from kdverify.train.loop import EpochRecord
 
         def test_trains(kd_lab):
             kd_lab.cache.progress(get_recipe("hinton-teacher"), EpochRecord(3, 0.25, 140, 9.0), 10000)
@@ -250,7 +250,7 @@ def test_claims_and_the_plugin_are_data_importing_them_loads_no_torch():
     import subprocess
     import sys
 
-    code = ("import sys, kdverify.claims, kdverify.paper_claims, kdverify.pytest_plugin\n"
+    code = ("import sys, kdverify.claims.core, kdverify.claims.paper, kdverify.plugin\n"
             "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('kdverify'))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

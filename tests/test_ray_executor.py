@@ -17,8 +17,8 @@ import sys
 
 from kdverify import data
 from kdverify.data import Dataset
-from kdverify.models import HintonMLP, register_model
-from kdverify.recipes import Recipe, register_recipe
+from kdverify.train.models import HintonMLP, register_model
+from kdverify.train.recipes import Recipe, register_recipe
 from tiny_project import _split  # the tiny synthetic images of tests/tiny_project.py
 
 
@@ -75,7 +75,7 @@ for arch in ("raising_mlp", "dies_once_mlp", "always_dies_mlp", "slow_mlp"):
 CLAIMS = '''
 import pytest
 
-from kdverify.claims import Claim, Threshold
+from kdverify.claims.core import Claim, Threshold
 
 def claim(id, recipe):
     return Claim(id, "test", id, "errors_on_test", {"recipe": recipe}, None, "errors", Threshold("<=", 10_000))
@@ -116,7 +116,8 @@ def _sealed(path: Path) -> dict[str, str]:
     import subprocess
     import sys
 
-    code = ("import json, sys; from kdverify.checkpoint import load_checkpoint; c = load_checkpoint(sys.argv[1]); "
+    code = ("import json, sys; from kdverify.cache.checkpoint import load_checkpoint; "
+            "c = load_checkpoint(sys.argv[1]); "
             "print(json.dumps({'weights': c.weights_sha256, 'teacher': c.metrics.get('teacher_weights_sha256')}))")
     done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

@@ -3,9 +3,9 @@
 import pytest
 from click.testing import CliRunner
 
-from kdverify import recipes
 from kdverify.cli import main
-from kdverify.recipe_file import RecipeFileError, load_recipe_file, read_recipe_file
+from kdverify.train import recipes
+from kdverify.train.recipe_file import RecipeFileError, load_recipe_file, read_recipe_file
 
 GOOD = """
 [my-teacher]
@@ -36,11 +36,8 @@ BASE = 'dataset = "mnist"\narch = "hinton_mlp"\nepochs = 2\nlr = 0.05\n'
 
 
 @pytest.fixture
-def registry(monkeypatch):
-    monkeypatch.setattr(recipes, "RECIPES", recipes.RECIPES.copy())
-    import kdverify.recipe_file as rf
-
-    monkeypatch.setattr(rf, "RECIPES", recipes.RECIPES)
+def registry():
+    """The recipe registry (conftest's registries_restored puts it back after each test)."""
     return recipes.RECIPES
 
 
@@ -111,7 +108,7 @@ def test_cli_recipes_lists_a_file_and_rejects_a_bad_one(tmp_path, registry):
     ("{ hiden = 100 }", "arch_kwargs: hinton_mlp got an unexpected keyword argument 'hiden'"),
 ])
 def test_bad_constructor_arguments_name_the_file_recipe_and_field(tmp_path, kwargs, message):
-    from kdverify.recipe_file import RecipeFileError, read_recipe_file
+    from kdverify.train.recipe_file import RecipeFileError, read_recipe_file
 
     path = tmp_path / "r.toml"
     path.write_text(f'[mine]\ndataset = "mnist"\narch = "hinton_mlp"\nepochs = 1\nlr = 0.1\narch_kwargs = {kwargs}\n')
@@ -195,7 +192,6 @@ def test_a_dataset_without_a_declared_shape_is_checked_as_far_as_the_constructor
     class count and split size are not known yet (checked when the data is loaded)."""
     from kdverify import data
 
-    monkeypatch.setattr(data, "LOADERS", data.LOADERS.copy())
     data.LOADERS.register("undeclared", lambda root=None: None)
     base = MLP.replace('"mnist"', '"undeclared"')
     path = tmp_path / "r.toml"

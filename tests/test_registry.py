@@ -4,9 +4,10 @@ from importlib.metadata import EntryPoint
 
 import pytest
 
-from kdverify import data, models, objectives, recipes, registry
+from kdverify import data, registry
 from kdverify.errors import DataError, KdverifyError
 from kdverify.registry import Registry, UnknownName
+from kdverify.train import models, objectives, recipes
 
 
 def test_unknown_architecture_objective_dataset_and_recipe_are_one_line_errors_naming_the_fix():
@@ -23,7 +24,8 @@ def test_unknown_architecture_objective_dataset_and_recipe_are_one_line_errors_n
             call()
         text = str(info.value)
         assert text.startswith(message) and "\n" not in text, text
-    with pytest.raises(KdverifyError, match=r"\); register it with kdverify.models.register_model in a module you "
+    with pytest.raises(KdverifyError, match=r"\); register it with kdverify.train.models.register_model in a "
+                                            r"module you "
                        "--import, or install the package that provides it$"):
         models.build_model("resnet_tiny")
     with pytest.raises(DataError):  # an unknown dataset is a data problem the claims report, not a crash
@@ -45,7 +47,7 @@ def test_register_refuses_to_replace_silently():
 
 def test_entry_points_extend_a_registry_with_no_flags(monkeypatch):
     """An installed package declares `[project.entry-points."kdverify.models"] tiny = "pkg:Class"`."""
-    points = [EntryPoint("tiny_mlp", "kdverify.models:HintonMLP", "kdverify.models"),
+    points = [EntryPoint("tiny_mlp", "kdverify.train.models:HintonMLP", "kdverify.models"),
               EntryPoint("broken", "no_such_module_xyz:Thing", "kdverify.models")]
     monkeypatch.setattr(registry, "entry_points", lambda group: [p for p in points if p.group == group])
     reg = Registry("architecture", "kdverify.models", "add it")
@@ -59,7 +61,6 @@ def test_entry_points_extend_a_registry_with_no_flags(monkeypatch):
 
 
 def test_a_recipes_entry_point_may_return_several_recipes(monkeypatch):
-    monkeypatch.setattr(recipes, "RECIPES", recipes.RECIPES.copy())
     fake = [EntryPoint("pkg", "tiny_project:packaged", "kdverify.recipes")]
     monkeypatch.setattr(registry, "entry_points", lambda group: [p for p in fake if p.group == group])
     import sys

@@ -6,13 +6,13 @@ import json
 import pytest
 import torch
 
-from kdverify.records import Trained
-from kdverify.claims import Claim, Threshold, Verdict
-from kdverify.models import HintonMLP
-from kdverify.recipes import get_recipe
-from kdverify.report import budget_note, markdown, paper_error_pct, summary_line, table, write_report
-from kdverify.metrics import Evaluation
-from kdverify.train import EpochRecord
+from kdverify.claims.core import Claim, Threshold, Verdict
+from kdverify.claims.records import Trained
+from kdverify.claims.report import budget_note, markdown, paper_error_pct, summary_line, table, write_report
+from kdverify.train.loop import EpochRecord
+from kdverify.train.metrics import Evaluation
+from kdverify.train.models import HintonMLP
+from kdverify.train.recipes import get_recipe
 
 ACC = Threshold(">=", 69.26, "tutorial - 1 pt", 68.26, "tutorial - 2 pt")
 
@@ -154,8 +154,8 @@ def test_markdown_without_models_or_pictures():
 
 def test_seeded_claims_train_each_seed_once_at_the_labs_offset(tmp_path):
     """Calibration at offset 3 must train students 45, 46, 47 (not the offset added twice)."""
-    from kdverify.lab import ClaimsLab
-    from kdverify.measures import mean_accuracy_gain
+    from kdverify.claims.lab import ClaimsLab
+    from kdverify.claims.measures import mean_accuracy_gain
 
     lab = ClaimsLab(cache_dir=tmp_path, seed_offset=3, progress=None)
     asked: list[tuple[str, int]] = []

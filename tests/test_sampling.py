@@ -1,4 +1,4 @@
-"""Verdicts over seeds: the bounds of `kdverify.sampling`, and `--kd-seeds N` / ERROR rows through pytest."""
+"""Verdicts over seeds: the bounds of `kdverify.claims.sampling`, and `--kd-seeds N` / ERROR rows through pytest."""
 
 import json
 import math
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kdverify.sampling import INCONCLUSIVE, Sample, is_fragile, statistical_verdict
+from kdverify.claims.sampling import INCONCLUSIVE, Sample, is_fragile, statistical_verdict
 
 TINY_PROJECT = (Path(__file__).parent / "tiny_project.py").read_text()
 
@@ -50,7 +50,7 @@ def test_a_mean_of_k_seeds_has_a_tighter_prediction_bound_and_worst_is_the_mean_
 
 SEEDED_CLAIMS = '''
 import pytest
-from kdverify.claims import Claim, Threshold
+from kdverify.claims.core import Claim, Threshold
 
 HARD = Claim("tiny.hard", "test", "tiny-hard learns", "errors_on_test", {"recipe": "tiny-hard"}, None, "errors",
              Threshold("<=", 200, "all of them"))
@@ -105,7 +105,7 @@ arch_kwargs = { hidden = 16 }
 
 TOML_CLAIM = '''
 import pytest
-from kdverify.claims import Claim, Threshold
+from kdverify.claims.core import Claim, Threshold
 
 @pytest.mark.claims
 def test_toml_recipe(kd_claim):
@@ -133,7 +133,7 @@ def test_recipe_files_reach_the_claims_by_option_and_ini(pytester, tmp_path, mon
 
 
 def test_a_claim_gated_from_several_seeds_is_reported_at_one_and_judged_at_three():
-    from kdverify.claims import Claim, Measurement, Threshold, judge
+    from kdverify.claims.core import Claim, Measurement, Threshold, judge
 
     claim = Claim("x.kd", "test", "KD student", "errors_on_test", {"recipe": "r"}, 74, "errors",
                   Threshold("<=", 81, "paper x 1.10"), min_seeds=3)
@@ -145,8 +145,8 @@ def test_a_claim_gated_from_several_seeds_is_reported_at_one_and_judged_at_three
 
 
 def test_headroom_of_a_claim_gated_from_three_seeds_is_that_of_a_mean_of_three(tmp_path):
-    from kdverify.claims import Claim, Threshold
-    from kdverify.references import headroom, recipe_fingerprints
+    from kdverify.claims.core import Claim, Threshold
+    from kdverify.claims.references import headroom, recipe_fingerprints
 
     one = Claim("x.hard", "test", "hard student", "errors_on_test", {"recipe": "hinton-student-hard"}, 146, "errors",
                 Threshold("<=", 161, "paper x 1.10"))

@@ -2,11 +2,11 @@
 
 import pytest
 
-from kdverify.claims import Claim, Threshold
+from kdverify.cache.spec import entry_pattern, resolve
+from kdverify.claims.core import Claim, Threshold
+from kdverify.claims.paper import CLAIMS, CLAIMS_BY_ID
+from kdverify.claims.plan import claim_specs, format_plan, make_plan
 from kdverify.errors import KdverifyError
-from kdverify.paper_claims import CLAIMS, CLAIMS_BY_ID
-from kdverify.plan import claim_specs, format_plan, make_plan
-from kdverify.spec import entry_pattern, resolve
 
 
 def test_a_pinned_teacher_never_moves_and_trains_nothing():
@@ -29,7 +29,7 @@ def test_offsets_move_students_and_teachers_by_their_own_rules():
 def test_a_teacher_on_other_data_is_refused_when_resolved(tiny_registered):
     import dataclasses
 
-    from kdverify.recipes import get_recipe, register_recipe
+    from kdverify.train.recipes import get_recipe, register_recipe
 
     register_recipe(dataclasses.replace(get_recipe("tiny-kd-0", "paper"), name="tiny-kd-other-data",
                                         teacher="hinton-teacher"))  # the fixture removes it again
@@ -74,7 +74,7 @@ def test_a_sample_of_seeds_moves_students_only():
 
 def test_the_plan_names_exactly_the_models_a_run_asks_for(tmp_path, tiny_registered):
     """The plan is derived from claims as data; a real run on tiny recipes touches the same models."""
-    from kdverify.lab import ClaimsLab
+    from kdverify.claims.lab import ClaimsLab
 
     claims = [
         Claim("t.kd", "test", "kd student", "errors_on_test", {"recipe": "tiny-kd-1"}, None, "errors",

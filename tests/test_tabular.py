@@ -5,11 +5,11 @@ import onnx
 import pytest
 import torch
 
-from kdverify import data, recipes
-from kdverify.checkpoint import checkpoint_payload, load_checkpoint, save_checkpoint
+from kdverify import data
+from kdverify.cache.checkpoint import checkpoint_payload, load_checkpoint, save_checkpoint
 from kdverify.data import Dataset, normalize, register_dataset
 from kdverify.errors import DataError
-from kdverify.recipes import Recipe, get_recipe, register_recipe
+from kdverify.train.recipes import Recipe, get_recipe, register_recipe
 
 D, CLASSES = 6, 3
 
@@ -29,8 +29,6 @@ def load_tab(root=None) -> Dataset:
 
 @pytest.fixture
 def tabular(monkeypatch):
-    monkeypatch.setattr(recipes, "RECIPES", recipes.RECIPES.copy())
-    monkeypatch.setattr(data, "LOADERS", data.LOADERS.copy())
     register_dataset("tiny-tab", load_tab)
     register_recipe(Recipe("tab-teacher", "tiny-tab", "hinton_mlp", epochs=20, lr=0.1, arch_kwargs={"hidden": 32}))
     register_recipe(Recipe("tab-student-kd", "tiny-tab", "hinton_mlp", epochs=20, lr=0.1, arch_kwargs={"hidden": 8},
@@ -53,10 +51,10 @@ def test_features_are_normalised_per_feature_on_their_own_scale(tabular):
 def test_train_distill_claim_checkpoint_export_and_benchmark_inputs(tabular, tmp_path):
     from click.testing import CliRunner
 
-    from kdverify.claims import Claim, Threshold
+    from kdverify.claims.core import Claim, Threshold
+    from kdverify.claims.lab import ClaimsLab
     from kdverify.cli import main
-    from kdverify.export import export_checkpoint
-    from kdverify.lab import ClaimsLab
+    from kdverify.export.onnx import export_checkpoint
 
     lab = ClaimsLab(None, "paper", "cpu", tmp_path / "cache", progress=None)
     claim = Claim("tab.kd", "test", "the KD student learns the blobs", "errors_on_test", {"recipe": "tab-student-kd"},

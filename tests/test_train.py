@@ -7,13 +7,13 @@ import torch
 import torch.nn.functional as F
 
 from conftest import make_pattern_split
-from kdverify import train as train_module
 from kdverify.data import CIFAR_CLASSES, CIFAR_NORM, Dataset, Split, normalize
-from kdverify.losses import pool_to_width
-from kdverify.models import DeepNN, build_model
-from kdverify.recipes import BUDGETS, RECIPES, Recipe, get_recipe
-from kdverify.metrics import Evaluation, predict_logits, search_bias_shift, shift_bias, shift_logits
-from kdverify.train import TrainingRun, fit, lr_factor, transfer_indices, transfer_split
+from kdverify.train import loop as train_module
+from kdverify.train.loop import TrainingRun, fit, lr_factor, transfer_indices, transfer_split
+from kdverify.train.losses import pool_to_width
+from kdverify.train.metrics import Evaluation, predict_logits, search_bias_shift, shift_bias, shift_logits
+from kdverify.train.models import DeepNN, build_model
+from kdverify.train.recipes import BUDGETS, RECIPES, Recipe, get_recipe
 
 TINY = {"arch_kwargs": {"hidden": 64}, "epochs": 3, "lr": 0.05, "momentum": 0.9, "batch_size": 100}
 
@@ -261,8 +261,8 @@ def test_grad_clip_bounds_each_step(tiny_mnist):
 
 def test_shipped_teachers_match_their_fast_recipes():
     """A recipe change (or a new Recipe field) that alters a pinned teacher's fingerprint must re-pin it."""
-    from kdverify.pinned import read_manifest
-    from kdverify.recipes import get_recipe
+    from kdverify.cache.pinned import read_manifest
+    from kdverify.train.recipes import get_recipe
 
     manifest = read_manifest()
     assert set(manifest) == {"hinton-teacher", "tutorial-deepnn"}
@@ -274,11 +274,11 @@ _FRESH_PROCESS_FIT = """
 import sys, torch
 sys.path.insert(0, {root!r})
 from conftest import make_pattern_split
-from kdverify.checkpoint import state_digest
+from kdverify.cache.checkpoint import state_digest
 from kdverify.data import CIFAR_CLASSES, CIFAR_NORM, Dataset
-from kdverify.models import build_model
-from kdverify.recipes import Recipe
-from kdverify.train import fit
+from kdverify.train.models import build_model
+from kdverify.train.recipes import Recipe
+from kdverify.train.loop import fit
 # the tutorial's teacher and student on 16x16 images: every layer, kernel and the hint regressor, 1/4 of the work
 dataset = Dataset("cifar10", "synthetic", "tiny", CIFAR_CLASSES, *CIFAR_NORM,
                   make_pattern_split(256, 0, channels=3, size=16), make_pattern_split(64, 1, channels=3, size=16))

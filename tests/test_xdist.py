@@ -16,7 +16,7 @@ TINY_PROJECT = (Path(__file__).parent / "tiny_project.py").read_text()
 TINY_CLAIMS = '''
 import pytest
 
-from kdverify.claims import Claim, Threshold
+from kdverify.claims.core import Claim, Threshold
 
 CLAIMS = [Claim(f"tiny.{r}", "test", f"{r} learns", "errors_on_test", {"recipe": r}, None, "errors",
                 Threshold("<=", 200, "all of them")) for r in ("tiny-teacher", "tiny-hard", "tiny-kd-0",

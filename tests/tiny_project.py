@@ -7,7 +7,7 @@ import torch
 
 from kdverify import data
 from kdverify.data import Dataset, Split
-from kdverify.recipes import Recipe, register_recipe
+from kdverify.train.recipes import Recipe, register_recipe
 
 
 def _split(n, seed):

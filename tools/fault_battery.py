@@ -161,7 +161,7 @@ train_subset = 100
 CLAIM_TEST = """
 import os
 
-from kdverify.claims import Claim, Threshold
+from kdverify.claims.core import Claim, Threshold
 
 LIMIT = float(os.environ.get("FB_LIMIT", "100000"))
 
@@ -225,7 +225,7 @@ EDIT = textwrap.dedent('''
     else:
         raise SystemExit("unknown edit " + edit)
     if reseal:  # as the tree itself would have written it: the check under test comes after the seal
-        import kdverify.checkpoint as c
+        import kdverify.cache.checkpoint as c
         if "weights_sha256" in p and isinstance(p.get("state_dict"), dict):
             p["weights_sha256"] = c.state_digest(p["state_dict"])
         if "payload_sha256" in p and hasattr(c, "payload_seal"):
@@ -848,7 +848,7 @@ def _error_rows(claim_id: str, expect_failed: int) -> Callable:
 
 
 RAISING = """
-from kdverify.claims import Claim, Threshold
+from kdverify.claims.core import Claim, Threshold
 
 
 def test_ok(kd_claim):
@@ -867,8 +867,8 @@ def test_forward_raises(kd_claim):
 
 BROKEN = """
 import tiny_project  # noqa: F401
-from kdverify.models import HintonMLP, register_model
-from kdverify.recipes import Recipe, register_recipe
+from kdverify.train.models import HintonMLP, register_model
+from kdverify.train.recipes import Recipe, register_recipe
 
 
 class Broken(HintonMLP):
@@ -975,7 +975,7 @@ def _(b: Battery, folder: Path) -> Outcome:
     when a test in tests/ imports kdverify's exporter."""
     sentinel_module(folder, "onnx")
     (folder / "tests").mkdir()
-    (folder / "tests" / "test_e.py").write_text("def test_e():\n    import kdverify.export  # noqa: F401\n")
+    (folder / "tests" / "test_e.py").write_text("def test_e():\n    import kdverify.export.onnx  # noqa: F401\n")
     (folder / "pytest.ini").write_text("[pytest]\n")
     return no_sentinel(folder, b.pytest("tests/test_e.py", "--kd-import", "tiny_project", cwd=folder))
 

@@ -4,12 +4,12 @@ import dataclasses
 import sys
 
 import kdverify
-from kdverify.checkpoint import state_digest
+from kdverify.cache.checkpoint import state_digest
+from kdverify.cache.pinned import load_pinned
 from kdverify.data import load_dataset
-from kdverify.determinism import set_deterministic
-from kdverify.pinned import load_pinned
-from kdverify.recipes import RECIPES, get_recipe
-from kdverify.train import fit
+from kdverify.train.determinism import set_deterministic
+from kdverify.train.loop import fit
+from kdverify.train.recipes import RECIPES, get_recipe
 
 set_deterministic()
 print("tree", kdverify.__file__, file=sys.stderr)

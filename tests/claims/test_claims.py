@@ -3,15 +3,15 @@
 Models are trained once per session and shared through the cache; the threshold of each claim is
 the same in every budget (`--kd-budget` only changes how the models are obtained).
 
-The claims are grouped into one class per teacher (`kdverify.lab.claim_group`), so `pytest -n N`
+The claims are grouped into one class per teacher (`kdverify.claims.lab.claim_group`), so `pytest -n N`
 (which kdverify runs as `--dist loadscope`) keeps each teacher's students on one worker: that worker
 computes the teacher's outputs once and serves all of them.
 """
 
 import pytest
 
-from kdverify.lab import claim_group
-from kdverify.paper_claims import CLAIMS
+from kdverify.claims.lab import claim_group
+from kdverify.claims.paper import CLAIMS
 
 pytestmark = pytest.mark.claims
 

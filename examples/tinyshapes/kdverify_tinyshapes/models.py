@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from kdverify.models import TappedModel
+from kdverify.train.models import TappedModel
 
 
 class _Residual(nn.Module):

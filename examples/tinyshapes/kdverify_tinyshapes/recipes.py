@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kdverify.recipe_file import read_recipe_file
-from kdverify.recipes import Recipe
+from kdverify.train.recipe_file import read_recipe_file
+from kdverify.train.recipes import Recipe
 
 RECIPE_FILE = Path(__file__).with_name("recipes.toml")
 

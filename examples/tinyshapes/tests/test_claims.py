@@ -1,7 +1,6 @@
 """The example's claims, checked by kdverify's pytest plugin: `pytest -m claims` in this folder."""
 
 import pytest
-
 from kdverify_tinyshapes.claims import CLAIMS
 
 pytestmark = pytest.mark.claims

@@ -1,0 +1,3 @@
+"""Training: architectures with taps (`models`), losses and the objectives built from them (`objectives`),
+recipes by name and from TOML files (`recipes`, `recipe_file`), the loop (`loop.fit`), evaluation (`metrics`)
+and the numeric settings a run records (`determinism`, `cpu_memory`)."""
