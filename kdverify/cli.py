@@ -8,26 +8,24 @@ Ctrl-C exits 130 and SIGTERM 143, both after `finally` blocks have removed tempo
 from __future__ import annotations
 
 import functools
-import importlib
 import os
 import re
 import signal
 import sys
 import threading
 import time
-import traceback
 from pathlib import Path
 from typing import Any, Callable
 
 import click
 import torch
 
-from kdverify.errors import KdverifyError, first_line
+from kdverify.errors import KdverifyError
 from kdverify.paths import IMPORT_ENV, imports_from_env
+from kdverify.startup import DEVICE_CHOICES, import_user_modules, load_recipe_files, resolve_device
 from kdverify.train.recipes import BUDGETS, MAX_EPOCHS
 
 SEED_MAX = 2**63 - 1  # torch seeds are 64-bit; a larger one would fail only after the data is loaded
-DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
 
 
 class Terminated(KeyboardInterrupt):
@@ -62,22 +60,6 @@ def _one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def resolve_device(name: str) -> torch.device:
-    """'auto' picks CUDA when present; anything else must name a device this machine has."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    match = re.fullmatch(r"cpu|cuda(?::(\d+))?", name)
-    if not match:
-        raise KdverifyError(f"unknown device {name!r}; use {DEVICE_CHOICES}")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise KdverifyError(f"--device {name} asked for, but torch sees no CUDA device")
-        count = torch.cuda.device_count()
-        if match.group(1) is not None and int(match.group(1)) >= count:
-            raise KdverifyError(f"--device {name}: torch sees {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
-    return torch.device(name)
-
-
 def _set_deterministic(deterministic: bool) -> None:
     """Before anything is built, so every model, table and kernel choice is made in the mode."""
     if deterministic:
@@ -87,27 +69,10 @@ def _set_deterministic(deterministic: bool) -> None:
 
 
 def _import_user_modules(names: list[str]) -> None:
-    """Import the user's modules so they can register models, datasets and recipes before the command looks
-    them up. The current directory joins sys.path only when a module is named, and last: nothing in it runs
-    unless named, and a stray ./onnx.py or ./tomllib.py never shadows the library of that name."""
-    cwd = os.getcwd()
-    if names and cwd not in sys.path:
-        sys.path.append(cwd)
-    for name in names:
-        try:
-            importlib.import_module(name)
-        except ImportError as exc:
-            _fail(f"cannot import module {name!r} (--import / ${IMPORT_ENV}): {str(exc).strip() or type(exc).__name__}")
-        except Exception as exc:  # noqa: BLE001 - the user's module: one line naming where it failed
-            where = ""
-            frames = traceback.extract_tb(exc.__traceback__)
-            if isinstance(exc, SyntaxError) and exc.filename:
-                where = f" at {exc.filename}:{exc.lineno}"
-            elif frames:
-                where = f" at {frames[-1].filename}:{frames[-1].lineno}"
-            detail = first_line(exc) if str(exc).strip() else ""
-            _fail(f"importing module {name!r} (--import / ${IMPORT_ENV}) failed{where}: "
-                  f"{type(exc).__name__}{': ' + detail if detail else ''}")
+    try:
+        import_user_modules(names, search=os.getcwd(), how=f"--import / ${IMPORT_ENV}")
+    except KdverifyError as exc:
+        _fail(str(exc))
 
 
 data_root_option = click.option("--data-root", type=click.Path(file_okay=False), default=None,
@@ -127,16 +92,11 @@ def _finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
 
 def _load_recipe_files(ctx: click.Context, param: click.Parameter, paths: tuple[str, ...]) -> None:
     """Register the recipes of each TOML file before the command looks its --recipe up."""
-    from kdverify.errors import KdverifyError as _Error
-    from kdverify.train.recipe_file import load_recipe_file
-
-    for path in paths:
-        try:
-            load_recipe_file(path)
-        except _Error as exc:  # one line, as every other usage error (not click's usage block above it)
-            click.echo(f"kdverify: error: --recipe-file {exc}" if not str(exc).startswith(str(path)) else
-                       f"kdverify: error: {exc}", err=True)
-            ctx.exit(2)
+    try:
+        load_recipe_files(paths)
+    except KdverifyError as exc:  # one line, as every other usage error (not click's usage block above it)
+        click.echo(f"kdverify: error: {exc}", err=True)
+        ctx.exit(2)
 
 
 recipe_file_option = click.option(

@@ -69,7 +69,6 @@ class TaskSettings:
 
 def train_task(recipe: dict[str, Any], teacher: tuple[bytes, str] | None, settings: TaskSettings) -> tuple[bytes, str]:
     """Runs on a Ray worker: train one model, return its sealed checkpoint bytes and where it was trained."""
-    import importlib
 
     import torch
 
@@ -78,16 +77,13 @@ def train_task(recipe: dict[str, Any], teacher: tuple[bytes, str] | None, settin
     from kdverify.cache.spec import resolve
     from kdverify.cache.store import trained_payload
     from kdverify.data import load_dataset
+    from kdverify.startup import import_user_modules, load_recipe_files
     from kdverify.train.determinism import cache_key_settings, set_deterministic
     from kdverify.train.loop import TRAINER_VERSION, fit
     from kdverify.train.recipes import Recipe
 
-    for name in settings.imports:
-        importlib.import_module(name)
-    for path in settings.recipe_files:
-        from kdverify.train.recipe_file import load_recipe_file
-
-        load_recipe_file(path)
+    import_user_modules(settings.imports)  # the driver's, so the task knows the user's recipes and models
+    load_recipe_files(settings.recipe_files)
     if settings.deterministic:
         set_deterministic()
     else:

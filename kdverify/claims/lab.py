@@ -11,8 +11,6 @@ import os
 import time
 from typing import Callable
 
-import torch
-
 import kdverify
 from kdverify.cache.checkpoint import machine_description
 from kdverify.cache.spec import ModelSpec, resolve
@@ -25,18 +23,10 @@ from kdverify.claims.sampling import Sample
 from kdverify.data import Dataset, load_dataset
 from kdverify.errors import DataError
 from kdverify.paths import model_cache_dir
+from kdverify.startup import resolve_device
 from kdverify.train.determinism import numeric_settings, set_deterministic
 from kdverify.train.loop import TRAINER_VERSION, ProgressFn, print_progress
 from kdverify.train.recipes import get_recipe, moves_with_seeds
-
-
-def resolve_lab_device(device: str = "auto", worker: int = 0) -> torch.device:
-    """auto = CUDA when present; with several GPUs, pytest-xdist worker k trains on cuda:(k mod n)."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and torch.cuda.device_count() > 1:
-        device = f"cuda:{worker % torch.cuda.device_count()}"
-    return torch.device(device)
 
 
 def _builtin(claim_id: str) -> Claim | None:
@@ -65,7 +55,7 @@ class ClaimsLab:
         self.data_root, self.budget, self.seed_offset = data_root, budget, seed_offset
         if deterministic:
             set_deterministic()
-        self.device = resolve_lab_device(device, worker)
+        self.device = resolve_device(device, worker)
         self.cache_dir = model_cache_dir(cache_dir)
         self._datasets: dict[str, Dataset] = {}
         self._data_errors: dict[str, DataError] = {}

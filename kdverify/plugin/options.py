@@ -1,0 +1,123 @@
+"""The plugin's command-line and ini options (one group, one prefix: `--kd-`), parsed once into `Settings`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+
+import pytest
+
+from kdverify.paths import named_data_root
+
+
+def add_options(parser: pytest.Parser) -> None:
+    group = parser.getgroup("kdverify", "kdverify: knowledge-distillation claims")
+    group.addoption("--kd-data-root", default=None, metavar="DIR",
+                    help="dataset root in torchvision's layout (default: $KDVERIFY_DATA)")
+    group.addoption("--kd-require-data", choices=("auto", "yes", "no"), default="auto",
+                    help="missing data fails the claims instead of skipping them; auto = yes when a data root is "
+                         "given (--kd-data-root or $KDVERIFY_DATA). Corrupt data always fails. (default: auto)")
+    group.addoption("--kd-budget", choices=("ci", "paper", "original"), default="ci",
+                    help="how models are obtained (thresholds are the same in every budget): ci = pinned teachers, "
+                         "students trained (default); paper = everything trained with kdverify's fast recipes; "
+                         "original = the works' own recipes (GPU)")
+    group.addoption("--kd-device", choices=("auto", "cpu", "cuda"), default="auto",
+                    help="where to train; auto = CUDA when present; with -n and several GPUs worker k uses "
+                         "cuda:(k mod n) (default: auto)")
+    group.addoption("--kd-cache", default=None, metavar="DIR",
+                    help="trained-model cache, shareable between processes and machines (default: "
+                         "$KDVERIFY_CACHE/models or ~/.cache/kdverify/models)")
+    group.addoption("--kd-deterministic", action="store_true", default=False,
+                    help="1 thread and deterministic kernels: bit-identical weights across processes (slower)")
+    group.addoption("--kd-report", default=None, metavar="DIR",
+                    help="write report.md, report.json and PNG pictures of the claims here")
+    group.addoption("--kd-import", action="append", default=[], metavar="MODULE",
+                    help="import MODULE first (it may register models, datasets, objectives, recipes); repeatable")
+    group.addoption("--kd-seeds", type=_seed_count, default=1, metavar="N",
+                    help="judge every claim that trains a student at N seeds (teachers fixed): PASS when the one-sided "
+                         "95%% confidence bound on the mean passes, FAIL when the mean fails, else INCONCLUSIVE "
+                         "(default: 1, today's verdict beside the committed reference range)")
+    group.addoption("--kd-inconclusive", choices=("fail", "pass"), default="fail",
+                    help="whether an INCONCLUSIVE verdict fails the run (default: fail)")
+    group.addoption("--kd-recipe-file", action="append", default=[], metavar="TOML",
+                    help="register the recipes of a TOML file (as `kdverify --recipe-file`) before collection; "
+                         "repeatable; ini option `kd_recipe_file` (paths relative to the rootdir)")
+    group.addoption("--kd-plan", action="store_true", default=False,
+                    help="print every model the selected claims need (teachers first, cached or not, expected cost) "
+                         "and exit without training")
+    group.addoption("--kd-executor", choices=("local", "ray"), default="local",
+                    help="where missing models train: local = in this process when a claim needs one (default); "
+                         "ray = all of them planned up front as Ray tasks (pip install 'kdverify[ray]')")
+    group.addoption("--kd-ray-address", default=None, metavar="ADDR",
+                    help="the Ray cluster to use with --kd-executor ray: auto, ray://host:port (default: start a "
+                         "local Ray bound to 127.0.0.1)")
+    parser.addini("kd_import", type="linelist", default=[], help="modules kdverify imports first (like --kd-import)")
+    parser.addini("kd_recipe_file", type="linelist", default=[],
+                  help="TOML recipe files kdverify registers first (like --kd-recipe-file), relative to the rootdir")
+
+
+def _seed_count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= 1000:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a seed count from 1 to 1000")
+    return n
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every --kd- option and ini value, read once in pytest_configure (ini modules first, then the options')."""
+
+    data_root: str | None
+    require_data: str
+    budget: str
+    device: str
+    cache: str | None
+    deterministic: bool
+    report: str | None
+    imports: tuple[str, ...]
+    seeds: int
+    inconclusive: str
+    recipe_files: tuple[str, ...]  # absolute paths
+    plan: bool
+    executor: str
+    ray_address: str | None
+    rootdir: str
+
+    @classmethod
+    def from_config(cls, config: pytest.Config) -> "Settings":
+        opt = config.getoption
+        root = config.rootpath
+        return cls(
+            data_root=named_data_root(opt("--kd-data-root")), require_data=opt("--kd-require-data"),
+            budget=opt("--kd-budget"), device=opt("--kd-device"), cache=opt("--kd-cache"),
+            deterministic=opt("--kd-deterministic"), report=opt("--kd-report"),
+            imports=tuple(dict.fromkeys([*config.getini("kd_import"), *opt("--kd-import")])), seeds=opt("--kd-seeds"),
+            inconclusive=opt("--kd-inconclusive"),
+            recipe_files=tuple([str(root / p) for p in config.getini("kd_recipe_file")]
+                               + [os.path.abspath(p) for p in opt("--kd-recipe-file")]),
+            plan=opt("--kd-plan"), executor=opt("--kd-executor"), ray_address=opt("--kd-ray-address"),
+            rootdir=str(root))
+
+    @property
+    def data_required(self) -> bool:
+        """Missing data fails (instead of skipping) when asked, or when a data root was given."""
+        return self.require_data == "yes" or (self.require_data == "auto" and self.data_root is not None)
+
+    def check_output_folders(self) -> None:
+        """--kd-report and --kd-cache are folders kdverify writes into: checked before anything is collected or
+        trained (a report that cannot be written after an hour of claims loses the hour)."""
+        for option, folder in (("--kd-report", self.report), ("--kd-cache", self.cache)):
+            if not folder:
+                continue
+            path = os.path.abspath(folder)
+            if os.path.exists(path) and not os.path.isdir(path):
+                raise pytest.UsageError(f"{option} {folder}: exists and is not a folder")
+            existing = path
+            while not os.path.exists(existing):
+                existing = os.path.dirname(existing)
+            if not os.access(existing, os.W_OK | os.X_OK):
+                raise pytest.UsageError(f"{option} {folder}: {existing} is not writable")

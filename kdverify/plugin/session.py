@@ -1,0 +1,210 @@
+"""One object per pytest session: the settings, the lab that trains and measures (created when a claim first needs
+it, so a plain pytest run never loads torch), the executor, the ledger of verdicts, and what each hook asks of them."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import TYPE_CHECKING, Any, Callable
+
+import pytest
+
+from kdverify.claims.ledger import Ledger, attach
+from kdverify.errors import DataCorrupt, DataError, KdverifyError, first_line
+from kdverify.plugin.options import Settings
+from kdverify.startup import import_user_modules, load_recipe_files
+
+if TYPE_CHECKING:  # the plugin loads in every pytest run of the environment: torch only when a claim runs
+    from kdverify.claims.core import Claim, Verdict
+    from kdverify.claims.lab import ClaimsLab
+
+
+class KdSession:
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.settings = Settings.from_config(config)
+        self.ledger = Ledger()
+        self.executor: Any = None
+        self._lab: ClaimsLab | None = None
+        info = getattr(config, "workerinput", None)  # (index, count) on a pytest-xdist worker
+        self.worker = (int(info["workerid"].lstrip("gw") or 0), int(info["workercount"])) if info else None
+
+    # ------------------------------------------------------------------ pytest_configure
+    def configure(self) -> None:
+        """Everything that can be wrong with the options, as one-line usage errors before collection."""
+        self.config.pluginmanager.register(self.ledger, "kdverify-ledger")  # gathers verdicts from reports
+        self.settings.check_output_folders()
+        try:
+            import_user_modules(self.settings.imports, search=self.settings.rootdir, how="--kd-import")
+        except KdverifyError as exc:
+            raise pytest.UsageError(str(exc)) from None
+        try:
+            load_recipe_files(self.settings.recipe_files)
+        except KdverifyError as exc:
+            raise pytest.UsageError(f"--kd-recipe-file {exc}") from None
+        self._start_executor()
+        if self.settings.device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise pytest.UsageError("--kd-device cuda asked for, but torch sees no CUDA device")
+
+    def _start_executor(self) -> None:
+        """--kd-executor ray: reach (or start) Ray before anything is collected, so a bad address is one line."""
+        s = self.settings
+        if s.executor == "local" or s.plan:
+            return
+        if self.worker or getattr(self.config.option, "numprocesses", None):
+            raise pytest.UsageError("--kd-executor ray spreads the trainings itself: use it without -n (pytest-xdist)")
+        from kdverify.cache.executors import EXECUTORS
+
+        executor = EXECUTORS.lookup(s.executor)(address=s.ray_address, budget=s.budget, data_root=s.data_root,
+                                                deterministic=s.deterministic, imports=list(s.imports),
+                                                recipe_files=list(s.recipe_files))
+        try:
+            executor.connect()
+        except KdverifyError as exc:
+            raise pytest.UsageError(str(exc)) from None
+        self.executor = executor
+
+    # ------------------------------------------------------------------ the lab
+    @property
+    def lab(self) -> "ClaimsLab":
+        if self._lab is None:
+            self._lab = self._make_lab()
+        return self._lab
+
+    def _make_lab(self) -> "ClaimsLab":
+        import torch
+
+        from kdverify.claims.lab import ClaimsLab
+        from kdverify.train.cpu_memory import keep_freed_memory
+        from kdverify.train.loop import progress_line
+
+        s, worker = self.settings, self.worker
+        if worker and not s.deterministic:
+            torch.set_num_threads(max(1, torch.get_num_threads() // worker[1]))  # workers share the cores
+        keep_freed_memory()  # this process is pytest's: reuse freed heap pages (see kdverify.train.cpu_memory)
+        say = self._say
+        return ClaimsLab(s.data_root, s.budget, s.device, s.cache,
+                         progress=lambda recipe, record, total: say(progress_line(recipe, record, total)),
+                         deterministic=s.deterministic, worker=worker[0] if worker else 0, say=say)
+
+    def _say(self, line: str) -> None:
+        """Shown live: training runs inside a test, where pytest captures output at the fd level."""
+        capture = self.config.pluginmanager.get_plugin("capturemanager")
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            if self.worker:  # a worker's terminal is not shown; its stderr is the controller's
+                os.write(2, f"[gw{self.worker[0]}] {line}\n".encode())
+            elif reporter is not None:
+                reporter.write_line(line)
+
+    # ------------------------------------------------------------------ pytest_collection_finish
+    def after_collection(self, items: list[pytest.Item]) -> None:
+        """--kd-plan prints the plan and stops; --kd-executor ray submits what the plan must train."""
+        if (not self.settings.plan and self.executor is None) or self.worker:
+            return
+        from kdverify.claims.plan import estimate_seconds, format_plan, make_plan
+
+        lab, seeds = self.lab, self.settings.seeds
+        plan = make_plan(_collected_claims(items), lab.budget, seeds)
+        lab.mark_cached(plan)
+        estimate_seconds(plan)
+        if self.settings.plan:
+            self.config.pluginmanager.get_plugin("terminalreporter").write_line(format_plan(plan, lab.budget, seeds))
+            pytest.exit("--kd-plan: nothing trained", returncode=0)
+        if lab.say is not None:
+            self.executor.say = lab.say  # live, past pytest's capture
+        lab.cache.executor = self.executor
+        self.executor.start(plan, lab.cache)
+
+    def close(self) -> None:
+        """Ray tasks still running when the session ends early (Ctrl-C, -x) are cancelled; nothing half-written
+        reaches the cache (only the driver writes entries, whole and verified)."""
+        if self.executor is not None:
+            self.executor.close(cancel=True)
+
+    # ------------------------------------------------------------------ what the fixtures ask
+    def data_problem(self, exc: DataError) -> tuple[str, Callable[[str], None]]:
+        """SKIP when data is simply absent and was not asked for; otherwise an ERROR that fails the test."""
+        if isinstance(exc, DataCorrupt) or self.settings.data_required:
+            why = "corrupt data" if isinstance(exc, DataCorrupt) else "data required (a data root was given)"
+            return "ERROR", lambda text: pytest.fail(f"{why}: {text}", pytrace=False)
+        return "SKIP", lambda text: pytest.skip(f"no data: {text}")
+
+    def trained(self, node: pytest.Item, recipe: str, seed: int | None = None) -> Any:
+        try:
+            model = self.lab.trained(recipe, seed)
+        except DataError as exc:
+            self.data_problem(exc)[1](str(exc))
+        attach(node, None, [model.record()])
+        return model
+
+    def check(self, node: pytest.Item, claim: "Claim | str") -> "Verdict":
+        """Measure, record and assert a claim: the verdict becomes the test's outcome."""
+        if isinstance(claim, str):
+            from kdverify.claims.paper import CLAIMS_BY_ID
+
+            claim = CLAIMS_BY_ID[claim]
+        lab = self.lab
+        try:
+            verdict = lab.check(claim, self.settings.seeds)
+        except DataError as exc:
+            status, stop = self.data_problem(exc)
+            attach(node, lab.not_measured(claim, f"{exc}", status), [])
+            stop(str(exc))
+        except Exception as exc:  # a model that raises, a typo'd recipe: the claim is in the table, as ERROR
+            attach(node, lab.not_measured(claim, f"{type(exc).__name__}: {first_line(exc)}", "ERROR"), [])
+            raise
+        attach(node, verdict, lab.last_models)
+        _raise_outcome(claim, verdict, lab.budget, self.settings.inconclusive)
+        return verdict
+
+    # ------------------------------------------------------------------ pytest_terminal_summary
+    def summary(self, tr: Any) -> None:
+        if self.worker or not self.ledger.verdicts:
+            return  # the controller speaks for every worker
+        from kdverify.claims.report import budget_note, summary_line, table, write_report
+
+        verdicts = self.ledger.verdicts
+        tr.section(f"kdverify claims ({self.ledger.budget} budget)")
+        tr.write_line(table(verdicts))
+        tr.write_line(summary_line(verdicts))
+        note = budget_note(verdicts)
+        if note:
+            tr.write_line(note)
+        if self.settings.report:
+            written = write_report(self.settings.report, verdicts, self.ledger.models)
+            tr.write_line("report: " + ", ".join(written))
+
+
+def _raise_outcome(claim: "Claim", verdict: "Verdict", budget: str, inconclusive: str) -> None:
+    detail = f" ({verdict.detail})" if verdict.detail else ""
+    measured = f"{claim.id}: measured {verdict.measured:.10g}{detail}, threshold {verdict.threshold}"
+    if claim.paper_value is not None:
+        measured += f", paper {claim.paper_value:.10g}"
+    if verdict.verdict == "FAIL":
+        pytest.fail(f"{measured} [{budget} budget]", pytrace=False)
+    if verdict.verdict == "XPASS":
+        pytest.fail(f"XPASS(strict) {measured}: declared unreproducible ({claim.xfail}) but it passed; "
+                    "remove the declaration", pytrace=False)
+    if verdict.verdict == "INCONCLUSIVE" and inconclusive == "fail":
+        pytest.fail(f"INCONCLUSIVE {measured}: the mean passes, the 95% confidence bound {verdict.bound:.6g} "
+                    f"over {verdict.n} seeds does not (more seeds, or --kd-inconclusive pass)", pytrace=False)
+    if verdict.verdict == "XFAIL":
+        pytest.xfail(f"{measured}; declared: {claim.xfail}")
+
+
+def _collected_claims(items: list[pytest.Item]) -> list["Claim"]:
+    """The claims the selected tests check (parametrized with `claim`), in collection order, each once."""
+    from kdverify.claims.paper import CLAIMS_BY_ID
+
+    found: dict[str, Claim] = {}
+    for item in items:
+        claim = getattr(item, "callspec", None) and item.callspec.params.get("claim")
+        if isinstance(claim, str):
+            claim = CLAIMS_BY_ID.get(claim)
+        if claim is not None and hasattr(claim, "recipes"):
+            found.setdefault(claim.id, claim)
+    return list(found.values())
