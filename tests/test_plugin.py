@@ -203,7 +203,8 @@ def test_unrelated():
 def test_bad_plugin_inputs_are_one_line_usage_errors_before_collection(pytester, tmp_path):
     pytester.makepyfile(boom="raise RuntimeError('boom at import')\n", test_x="def test_x():\n    pass\n")
     (tmp_path / "a-file").write_text("x")
-    cases = [(["--kd-import", "boom"], "importing module 'boom' (--kd-import) failed at *boom.py:1: RuntimeError: boom at import"),
+    cases = [(["--kd-import", "boom"],
+              "importing module 'boom' (--kd-import) failed at *boom.py:1: RuntimeError: boom at import"),
              (["--kd-report", str(tmp_path / "a-file")], "exists and is not a folder"),
              (["--kd-cache", str(tmp_path / "a-file")], "exists and is not a folder")]
     if os.geteuid() != 0:  # root writes anywhere
