@@ -50,18 +50,20 @@ def tiny_mnist() -> Dataset:
 
 @pytest.fixture(autouse=True)
 def registries_restored():
-    """What a test registers (recipes, datasets, architectures, objectives, dataset shapes) is gone after it: every
-    registry is put back as it was, so no test needs to swap a module's registry for a copy."""
+    """What a test registers (recipes, datasets, architectures, objectives, metrics, dataset shapes) is gone after
+    it: every registry is put back as it was, so no test needs to swap a module's registry for a copy."""
+    from kdverify.claims.core import METRIC_DEFINITIONS
     from kdverify.data import DATASET_SHAPES
     from kdverify.registry import Registry
 
     saved = [(registry, registry.snapshot()) for registry in Registry.instances()]
-    shapes = dict(DATASET_SHAPES)
+    tables = [(table, dict(table)) for table in (DATASET_SHAPES, METRIC_DEFINITIONS)]
     yield
     for registry, snapshot in saved:
         registry.restore(snapshot)
-    DATASET_SHAPES.clear()
-    DATASET_SHAPES.update(shapes)
+    for table, contents in tables:
+        table.clear()
+        table.update(contents)
 
 
 @pytest.fixture

@@ -136,8 +136,9 @@ def user_pair(config: pytest.Config) -> Pair | None:
 
 def _candidates(cache_dir: Path, recipe: str) -> list[Path]:
     """`<recipe>-seed<N>-<key>.pt` in the cache, newest first, then kdverify's pinned checkpoint of `recipe`."""
-    from kdverify.cache.pinned import TEACHERS_DIR, read_manifest
+    from kdverify.cache.manifest import read_manifest
     from kdverify.cache.store import ModelCache
+    from kdverify.paths import TEACHERS_DIR
 
     try:
         found = ModelCache(cache_dir, {}, progress=None).entries(recipe)

@@ -141,7 +141,7 @@ def test_without_options_the_built_in_pairs_run(pytester: pytest.Pytester, monke
 
 def test_built_in_pair_without_a_cache_uses_the_pinned_teacher_to_describe_the_student(tmp_path: Path) -> None:
     from benchmarks._pairs import load_built_in
-    from kdverify.cache.pinned import read_manifest
+    from kdverify.cache.manifest import read_manifest
 
     pinned = read_manifest()["hinton-teacher"]
     teacher, student = load_built_in("mnist-mlp", tmp_path / "empty-cache")

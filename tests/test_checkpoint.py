@@ -198,7 +198,8 @@ def test_state_digest_covers_zero_dim_buffers_and_keeps_old_digests():
     bn.num_batches_tracked += 1
     assert state_digest(bn) != first
     # the pinned MNIST teacher's digest, computed before 0-dim tensors were handled, is unchanged
-    from kdverify.cache.pinned import TEACHERS_DIR, read_manifest
+    from kdverify.cache.manifest import read_manifest
+    from kdverify.paths import TEACHERS_DIR
 
     teacher = load_checkpoint(TEACHERS_DIR / "hinton-teacher.pt")
     assert state_digest(teacher.model) == read_manifest()["hinton-teacher"]["weights_sha256"]

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-import kdverify.claims.measures  # noqa: F401 - registers the built-in metrics into METRICS
-from kdverify.claims.core import METRICS, Claim, Measurement, Threshold, Verdict, judge, measure
+from kdverify.claims.core import METRICS, Claim, Measurement, Threshold, Verdict, judge
+from kdverify.claims.measures import measure  # importing it registers the built-in metrics into METRICS
 from kdverify.data import Split
 from kdverify.train.metrics import Evaluation
 from kdverify.train.recipes import RECIPES, get_recipe
@@ -265,14 +265,15 @@ def test_a_users_metric_is_registered_with_its_definition_and_never_replaced_sil
     def top_logit(lab, recipe):
         return Measurement(1.0, recipe)
 
-    try:
-        register_metric("top_logit", top_logit, "the largest logit of the final-epoch model")
-        claim = Claim("u.top", "me", "a number", "top_logit", {"recipe": "r"}, None, "logit", Threshold("<=", 2))
-        assert claim.metric == "top_logit" and "largest logit" in METRIC_DEFINITIONS["top_logit"]
-        with pytest.raises(ValueError, match="already registered"):
-            register_metric("top_logit", lambda lab: Measurement(0.0), "other")
-        with pytest.raises(KeyError, match="unknown metric 'nope'"):
-            Claim("u.x", "me", "x", "nope", {}, None, "x", Threshold("<=", 1))
-    finally:
-        METRICS.pop("top_logit", None)
-        METRIC_DEFINITIONS.pop("top_logit", None)
+    register_metric("top_logit", top_logit, "the largest logit of the final-epoch model")
+    claim = Claim("u.top", "me", "a number", "top_logit", {"recipe": "r"}, None, "logit", Threshold("<=", 2))
+    assert claim.metric == "top_logit" and "largest logit" in METRIC_DEFINITIONS["top_logit"]
+    assert measure(claim, None).value == 1.0
+    with pytest.raises(ValueError, match="already registered"):
+        register_metric("top_logit", lambda lab: Measurement(0.0), "other")
+    with pytest.raises(ValueError, match="needs a one-line definition"):
+        register_metric("no_words", top_logit, " ")
+    with pytest.raises(TypeError):
+        METRICS["sneaky"] = top_logit  # a registry is read-only: register_metric is the only way in
+    with pytest.raises(KeyError, match="unknown metric 'nope'"):
+        Claim("u.x", "me", "x", "nope", {}, None, "x", Threshold("<=", 1))

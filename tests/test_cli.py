@@ -57,6 +57,7 @@ def test_pin_ships_a_teacher_trained_with_its_fast_recipe(tmp_path, tiny_mnist, 
 
     from kdverify.cache import pinned
     from kdverify.cache.checkpoint import checkpoint_payload, save_checkpoint
+    from kdverify.cache.manifest import read_manifest
     from kdverify.train.models import build_model
     from kdverify.train.recipes import get_recipe
 
@@ -71,7 +72,7 @@ def test_pin_ships_a_teacher_trained_with_its_fast_recipe(tmp_path, tiny_mnist, 
     result = run("pin", str(ckpt))
     assert result.exit_code == 0, result.output
     assert result.output.startswith("pinned hinton-teacher: hinton-teacher.pt sha256 ") and "70/10000" in result.output
-    entry = pinned.read_manifest(folder)["hinton-teacher"]
+    entry = read_manifest(folder)["hinton-teacher"]
     assert entry["machine"] == "a test machine" and entry["fingerprint"] == recipe.fingerprint()
     result = run("pin", str(ckpt))
     assert result.exit_code == 1 and "already pinned; pass --force" in result.output

@@ -15,7 +15,8 @@ from kdverify.cache.checkpoint import (
     save_checkpoint,
     state_digest,
 )
-from kdverify.cache.pinned import MANIFEST, is_pinned, load_pinned, pin_teacher, read_manifest
+from kdverify.cache.manifest import MANIFEST, read_manifest
+from kdverify.cache.pinned import is_pinned, load_pinned, pin_teacher
 from kdverify.errors import CheckpointError, KdverifyError
 from kdverify.train.loop import TRAINER_VERSION, fit
 from kdverify.train.metrics import predict_logits

@@ -261,7 +261,7 @@ def test_grad_clip_bounds_each_step(tiny_mnist):
 
 def test_shipped_teachers_match_their_fast_recipes():
     """A recipe change (or a new Recipe field) that alters a pinned teacher's fingerprint must re-pin it."""
-    from kdverify.cache.pinned import read_manifest
+    from kdverify.cache.manifest import read_manifest
     from kdverify.train.recipes import get_recipe
 
     manifest = read_manifest()

@@ -19,6 +19,7 @@ from typing import Any, Callable
 import torch
 
 import kdverify
+from kdverify.cache.manifest import read_manifest
 from kdverify.data import Dataset
 from kdverify.errors import CheckpointError, first_line
 from kdverify.io import atomic_write_bytes
@@ -252,8 +253,6 @@ def checkpoint_fits_data(ckpt: "Checkpoint", dataset: Dataset, what: str) -> Non
 
 def _is_pinned_file(blob: bytes) -> bool:
     """A file whose sha256 is a pinned teacher's in the shipped manifest: verified whole, whatever its format."""
-    from kdverify.cache.pinned import read_manifest
-
     digest = hashlib.sha256(blob).hexdigest()
     return any(entry.get("sha256") == digest for entry in read_manifest().values())
 

@@ -17,32 +17,11 @@ from typing import Any
 import torch
 
 from kdverify.cache.checkpoint import Checkpoint, load_checkpoint, state_digest
+from kdverify.cache.manifest import MANIFEST, read_manifest
 from kdverify.errors import CheckpointError, KdverifyError
 from kdverify.io import atomic_write_bytes, describe_os_error
 from kdverify.paths import TEACHERS_DIR
 from kdverify.train.recipes import Recipe
-
-MANIFEST = "manifest.json"
-MANIFEST_FIELDS = ("file", "sha256", "fingerprint")  # what loading a pinned teacher reads
-
-
-def read_manifest(folder: Path = TEACHERS_DIR) -> dict[str, dict[str, Any]]:
-    """recipe name -> manifest entry; {} when nothing is pinned."""
-    path = folder / MANIFEST
-    if not path.is_file():
-        return {}
-    try:
-        teachers = json.loads(path.read_text())["teachers"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise KdverifyError(f"{path} is not a readable teacher manifest: {exc}") from None
-    for name, entry in teachers.items() if isinstance(teachers, dict) else []:
-        missing = [k for k in MANIFEST_FIELDS if not isinstance(entry, dict) or not isinstance(entry.get(k), str)]
-        if missing:
-            raise KdverifyError(f"{path}: entry {name!r} lacks {', '.join(missing)}: the manifest was edited or "
-                                "truncated (reinstall kdverify)")
-    if not isinstance(teachers, dict):
-        raise KdverifyError(f"{path} is not a readable teacher manifest: 'teachers' is not a mapping")
-    return teachers
 
 
 def is_pinned(recipe_name: str, folder: Path = TEACHERS_DIR) -> bool:

@@ -32,7 +32,8 @@ from kdverify.cache.checkpoint import (
     save_checkpoint,
     state_digest,
 )
-from kdverify.cache.pinned import load_pinned, read_manifest
+from kdverify.cache.manifest import read_manifest
+from kdverify.cache.pinned import load_pinned
 from kdverify.cache.spec import ModelSpec, entry_pattern, resolve
 from kdverify.claims.records import Trained
 from kdverify.compat import check_distillation

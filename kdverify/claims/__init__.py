@@ -13,9 +13,8 @@ from kdverify.claims.core import (
                                   Threshold,
                                   Verdict,
                                   judge,
-                                  measure,
                                   register_metric,
 )
 
-__all__ = ["METRIC_DEFINITIONS", "METRICS", "Claim", "Lab", "Measurement", "Threshold", "Verdict", "judge", "measure",
+__all__ = ["METRIC_DEFINITIONS", "METRICS", "Claim", "Lab", "Measurement", "Threshold", "Verdict", "judge",
            "register_metric"]

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from kdverify.claims.sampling import Sample, statistical_verdict
+from kdverify.registry import Registry
 
 if TYPE_CHECKING:  # claims are data: importing them loads no torch (built-in metrics live in claims.measures)
     from kdverify.claims.records import Trained
@@ -104,7 +105,7 @@ class Claim:
     def __post_init__(self) -> None:
         if not isinstance(self.threshold, Threshold):
             raise TypeError(f"claim {self.id}: a claim needs a Threshold, got {self.threshold!r}")
-        if self.metric not in METRIC_DEFINITIONS:
+        if self.metric not in METRIC_DEFINITIONS and self.metric not in METRICS:
             raise KeyError(f"claim {self.id}: unknown metric {self.metric!r}; known: {', '.join(METRIC_DEFINITIONS)}")
 
     @property
@@ -144,24 +145,21 @@ METRIC_DEFINITIONS: dict[str, str] = {  # what each metric's number is, for repo
     "accuracy_gap": "teacher test accuracy minus the mean test accuracy of the student over seeds",
 }
 
-METRICS: dict[str, Callable[..., Measurement]] = {}  # name -> fn(lab, **args); the built-ins fill it on first use
+METRICS: Registry[Callable[..., Measurement]] = Registry(  # name -> fn(lab, **args)
+    "metric", "kdverify.metrics", "register it with kdverify.claims.register_metric(name, fn, definition)")
+# The built-ins register themselves when kdverify.claims.measures is imported (it loads torch); measuring a claim
+# goes through kdverify.claims.measures.measure, so they are always there when a number is asked for.
 
 
 def register_metric(name: str, fn: Callable[..., Measurement], definition: str, replace: bool = False) -> None:
     """Add a metric claims can name: `fn(lab, **claim.args) -> Measurement`; `definition` says in one line what
     the number is (split, epoch, seeds) for reports. A taken name needs `replace=True`."""
-    if not isinstance(name, str) or not name:
-        raise ValueError("a metric's name must be a non-empty string")
-    if name in METRIC_DEFINITIONS and METRICS.get(name) is not fn and not replace:
-        raise ValueError(f"metric {name!r} is already registered; pass replace=True to replace it")
-    METRICS[name], METRIC_DEFINITIONS[name] = fn, definition
-
-
-def measure(claim: Claim, lab: Lab) -> Measurement:
-    """The claim's value, measured with the lab's models (the built-in metrics load torch only now)."""
-    if claim.metric not in METRICS:
-        import kdverify.claims.measures  # noqa: F401 - registers the built-in metrics
-    return METRICS[claim.metric](lab, **claim.args)
+    if not isinstance(definition, str) or not definition.strip():
+        raise ValueError(f"metric {name!r} needs a one-line definition of its number (split, epoch, seeds)")
+    if name in METRIC_DEFINITIONS and name not in METRICS and not replace:  # a built-in not yet loaded
+        raise ValueError(f"metric {name!r} is a built-in; pass replace=True to replace it")
+    METRICS.register(name, fn, replace=replace)
+    METRIC_DEFINITIONS[name] = definition
 
 
 # ---------------------------------------------------------------- verdicts

@@ -15,7 +15,8 @@ import kdverify
 from kdverify.cache.checkpoint import machine_description
 from kdverify.cache.spec import ModelSpec, resolve
 from kdverify.cache.store import ModelCache
-from kdverify.claims.core import Claim, Measurement, Verdict, judge, measure
+from kdverify.claims.core import Claim, Measurement, Verdict, judge
+from kdverify.claims.measures import measure
 from kdverify.claims.plan import PlannedModel
 from kdverify.claims.records import ModelRecord, Trained
 from kdverify.claims.references import Reference, load_references

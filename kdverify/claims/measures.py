@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from kdverify.claims.core import METRICS, Lab, Measurement
+from kdverify.claims.core import METRICS, Claim, Lab, Measurement
 from kdverify.claims.records import Trained
 from kdverify.train.loop import transfer_split
 from kdverify.train.metrics import Evaluation, predict_logits, search_bias_shift, shift_logits
@@ -123,4 +123,10 @@ def accuracy_gap(lab: Lab, better: str, baseline: str, seeds: int = 3) -> Measur
 
 for _metric in (errors_on_test, accuracy_pct, parameter_count, shifted_errors, shift_error_ratio, shift_errors_removed,
                 omitted_class_recovery, error_ratio, mean_accuracy_gain, accuracy_gap):
-    METRICS.setdefault(_metric.__name__, _metric)  # a user's replacement (register_metric replace=True) stays
+    if _metric.__name__ not in METRICS:  # a user's replacement (register_metric replace=True) stays
+        METRICS.register(_metric.__name__, _metric)
+
+
+def measure(claim: Claim, lab: Lab) -> Measurement:
+    """The claim's value, measured with the lab's models by the metric the claim names."""
+    return METRICS[claim.metric](lab, **claim.args)

@@ -84,7 +84,7 @@ def recorded_seconds_per_epoch(folder: Path | None = None) -> dict[str, float]:
 
 
 def pinned_seconds(name: str) -> float | None:
-    from kdverify.cache.pinned import read_manifest
+    from kdverify.cache.manifest import read_manifest
 
     entry = read_manifest().get(name)
     return float(entry["train_seconds"]) / entry["recipe"]["epochs"] if entry and "train_seconds" in entry else None
