@@ -224,7 +224,7 @@ def _train_and_save(recipe_name: str, budget: str, out: str, force: bool, data_r
         teacher = ckpt.model.to(dev)
     dataset = load_dataset(recipe.dataset, data_root, dev)
     if teacher is not None:
-        from kdverify.compat import check_distillation
+        from kdverify.train.compat import check_distillation
 
         teacher_fits_student(ckpt, recipe, teacher_path, dataset)
         check_distillation(recipe, ckpt.arch, ckpt.arch_kwargs, tuple(dataset.test.images.shape[1:]),

@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
+from kdverify.cache.records import Trained
 from kdverify.claims.core import Claim, Threshold, Verdict
-from kdverify.claims.records import Trained
 from kdverify.claims.report import budget_note, markdown, paper_error_pct, summary_line, table, write_report
 from kdverify.train.loop import EpochRecord
 from kdverify.train.metrics import Evaluation

@@ -26,8 +26,7 @@ from kdverify.errors import KdverifyError, first_line
 from kdverify.registry import Registry
 
 if TYPE_CHECKING:
-    from kdverify.cache.spec import ModelSpec
-    from kdverify.claims.plan import PlannedModel
+    from kdverify.cache.spec import ModelSpec, PlannedModel
 
 LOOPBACK = "127.0.0.1"
 TASK_RETRIES = 2  # a worker that dies mid-task (killed, out of memory) is retried this often, then the claim ERRORs

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator
 
 from kdverify.errors import KdverifyError
@@ -79,3 +79,17 @@ def resolve(recipe: str, budget: str, seed: int | None = None, offset: int = 0, 
             raise KdverifyError(f"recipe {seeded.name} distils on {seeded.dataset!r} from {teacher.name}, which "
                                 f"trains on {teacher.recipe.dataset!r}: the teacher must learn the student's data")
     return ModelSpec(seeded, budget, teacher)
+
+
+@dataclass
+class PlannedModel:
+    """One model of a plan: its spec, the claims that need it, and what the plan knows about it."""
+
+    spec: ModelSpec
+    claims: list[str] = field(default_factory=list)
+    cached: bool | None = None  # None: not known (its data is not here)
+    seconds: float | None = None  # expected training seconds (None: never timed; 0: pinned)
+
+    @property
+    def to_train(self) -> bool:
+        return not self.spec.pinned and not self.cached

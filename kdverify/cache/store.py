@@ -34,21 +34,21 @@ from kdverify.cache.checkpoint import (
 )
 from kdverify.cache.manifest import read_manifest
 from kdverify.cache.pinned import load_pinned
+from kdverify.cache.records import Trained
 from kdverify.cache.spec import ModelSpec, entry_pattern, resolve
-from kdverify.claims.records import Trained
-from kdverify.compat import check_distillation
 from kdverify.data import Dataset
 from kdverify.errors import KdverifyError
 from kdverify.io import atomic_write_bytes
 from kdverify.locks import exclusive
 from kdverify.paths import model_cache_dir
+from kdverify.train.compat import check_distillation
 from kdverify.train.determinism import cache_key_settings, numeric_settings
 from kdverify.train.loop import TRAINER_VERSION, EpochRecord, ProgressFn, TrainResult, fit, print_progress
 from kdverify.train.metrics import evaluate
 from kdverify.train.recipes import Recipe
 
 if TYPE_CHECKING:
-    from kdverify.claims.plan import PlannedModel
+    from kdverify.cache.spec import PlannedModel
 
 
 class NotCached(KdverifyError):

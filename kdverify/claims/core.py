@@ -25,7 +25,7 @@ from kdverify.claims.sampling import Sample, statistical_verdict
 from kdverify.registry import Registry
 
 if TYPE_CHECKING:  # claims are data: importing them loads no torch (built-in metrics live in claims.measures)
-    from kdverify.claims.records import Trained
+    from kdverify.cache.records import Trained
     from kdverify.data import Dataset
 
 OPS: dict[str, Callable[[float, float], bool]] = {"<=": operator.le, ">=": operator.ge, "==": operator.eq,

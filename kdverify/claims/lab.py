@@ -13,12 +13,11 @@ from typing import Callable
 
 import kdverify
 from kdverify.cache.checkpoint import machine_description
-from kdverify.cache.spec import ModelSpec, resolve
+from kdverify.cache.records import ModelRecord, Trained
+from kdverify.cache.spec import ModelSpec, PlannedModel, resolve
 from kdverify.cache.store import ModelCache
 from kdverify.claims.core import Claim, Measurement, Verdict, judge
 from kdverify.claims.measures import measure
-from kdverify.claims.plan import PlannedModel
-from kdverify.claims.records import ModelRecord, Trained
 from kdverify.claims.references import Reference, load_references
 from kdverify.claims.sampling import Sample
 from kdverify.data import Dataset, load_dataset

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any, Iterable
 import pytest
 
 if TYPE_CHECKING:  # imported when a report carries a verdict: a pytest run without claims never loads torch
+    from kdverify.cache.records import ModelRecord
     from kdverify.claims.core import Verdict
-    from kdverify.claims.records import ModelRecord
 
 PROPERTY = "kdverify"
 
@@ -53,8 +53,8 @@ class Ledger:
         for name, value in report.user_properties:
             if name != PROPERTY:
                 continue
+            from kdverify.cache.records import ModelRecord
             from kdverify.claims.core import Verdict
-            from kdverify.claims.records import ModelRecord
 
             entry: dict[str, Any] = value
             if entry["verdict"] is not None:

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import torch
 
+from kdverify.cache.records import Trained
 from kdverify.claims.core import METRICS, Claim, Lab, Measurement
-from kdverify.claims.records import Trained
 from kdverify.train.loop import transfer_split
 from kdverify.train.metrics import Evaluation, predict_logits, search_bias_shift, shift_logits
 from kdverify.train.models import build_model, count_parameters

@@ -13,27 +13,12 @@ from __future__ import annotations
 
 import json
 import statistics
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from kdverify.cache.spec import ModelSpec, resolve
+from kdverify.cache.spec import ModelSpec, PlannedModel, resolve
 from kdverify.claims.core import Claim
 from kdverify.train.recipes import get_recipe, is_teacher, moves_with_seeds
-
-
-@dataclass
-class PlannedModel:
-    """One model of a plan: its spec, the claims that need it, and what the plan knows about it."""
-
-    spec: ModelSpec
-    claims: list[str] = field(default_factory=list)
-    cached: bool | None = None  # None: not known (its data is not here)
-    seconds: float | None = None  # expected training seconds (None: never timed; 0: pinned)
-
-    @property
-    def to_train(self) -> bool:
-        return not self.spec.pinned and not self.cached
 
 
 def claim_specs(claim: Claim, budget: str, seeds: int = 1, offset: int = 0) -> list[ModelSpec]:

@@ -15,8 +15,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from kdverify.cache.records import Trained
 from kdverify.claims.core import METRIC_DEFINITIONS, STANDIN_VARIANTS, Verdict
-from kdverify.claims.records import Trained
 from kdverify.io import atomic_write_bytes
 
 COLUMNS = ("claim", "paper", "measured", "threshold", "rule", "verdict", "n", "reference", "seconds", "data")

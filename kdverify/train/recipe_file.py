@@ -265,7 +265,7 @@ def load_recipe_file(path: str | os.PathLike, replace: bool = False) -> list[Rec
                 raise RecipeFileError(f"{path}: recipe {fast.name!r} is already registered (a built-in, or a "
                                       "module's): a recipe file cannot replace it; give yours another name") from None
             raise RecipeFileError(f"{path}: {exc}") from None
-    from kdverify.compat import check_recipe
+    from kdverify.train.compat import check_recipe
 
     for fast, original in pairs:  # students against their teachers, on the meta device, when the data is declared
         for budget, recipe in (("ci", fast), ("original", original)):

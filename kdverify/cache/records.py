@@ -1,8 +1,8 @@
 """What the session knows about a model it used: how it was obtained, on what machine, how it scored.
 
 `ModelRecord` is plain data that crosses processes (pytest-xdist workers -> controller, reports);
-`Trained` adds the model itself. Kept apart from the cache, so claims, reports and the ledger can name
-them without importing the machinery that trains.
+`Trained` adds the model itself. The cache hands them out; claims, reports and the ledger read them (this module
+needs torch for the confusion matrix, but not the trainer or the cache's store).
 """
 
 from __future__ import annotations
