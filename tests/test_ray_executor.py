@@ -44,6 +44,7 @@ def test_a_ray_run_has_a_local_runs_verdicts_weights_and_loopback_only(ray_proje
         "ray.always_dies": errors.get("ray.always_dies", "")}, errors
     assert errors["ray.always_dies"].startswith("KdverifyError: Ray task always_dies seed 0 failed after 2 retries: "
                                                 "WorkerCrashedError")
+    assert (tmp_path / "marks" / "niceness").read_text() == "0"  # training tasks are not Ray's niced background work
     machines = {m["recipe"]: m.get("machine", "") for m in report["models"]}
     assert all("Ray node" in machines[name] for name in ("raytiny-teacher", "raytiny-kd", "dies_once")), machines
     files = {p.name.split("-seed")[0] for p in cache.glob("*.pt")}

@@ -126,6 +126,9 @@ class RayExecutor:
         """Join the cluster at `address`, or start a local Ray on 127.0.0.1; any failure is one line."""
         if self.address is None:
             os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # single-machine mode: loopback only (read on import)
+            # The tasks are the run's training, not background work: Ray's default niceness (15) let any other
+            # process on the machine starve them. A value the user set stays.
+            os.environ.setdefault("RAY_worker_niceness", "0")
         try:
             import ray
         except ImportError:
