@@ -13,6 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from kdverify.cache.spec import resolve
+from kdverify.cache.store import ModelCache
+from kdverify.data import load_dataset
+
 TESTS = Path(__file__).parent
 
 WORKER = '''
@@ -93,7 +97,7 @@ def test_a_holder_killed_while_training_never_blocks_the_next_run(tmp_path):
     assert "waiting for" not in out  # the lock died with its holder
 
 
-def test_a_holder_killed_while_writing_leaves_nothing_corrupt_and_its_temporary_is_cleaned(tmp_path):
+def test_a_holder_killed_while_writing_leaves_nothing_corrupt_and_its_temporary_is_cleaned(tmp_path, tiny_registered):
     victim = _spawn(tmp_path, mode="die-while-writing")
     _wait_for(victim, "WRITING")
     temporaries = list((tmp_path / "cache").glob(".*.tmp"))
@@ -105,17 +109,13 @@ def test_a_holder_killed_while_writing_leaves_nothing_corrupt_and_its_temporary_
     out = rerun.communicate(timeout=120)[0]
     assert rerun.returncode == 0 and _result(out)["source"] == "trained", out
     assert not list((tmp_path / "cache").glob(".*.tmp"))  # the dead writer's temporary was removed
-    again = _spawn(tmp_path)
-    assert _result(again.communicate(timeout=120)[0])["source"] == "cache"
+    fresh = ModelCache(tmp_path / "cache", {"tiny": load_dataset("tiny")}, "paper", progress=None)  # nothing in memory
+    assert fresh.get(resolve("tiny-teacher", "paper")).weights == _result(out)["weights"]
+    assert fresh.get(resolve("tiny-teacher", "paper")).source == "cache"
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncate", "flip"])
 def test_a_corrupt_entry_is_retrained_under_the_lock_never_trusted(tmp_path, damage, capsys, tiny_registered):
-
-    from kdverify.cache.spec import resolve
-    from kdverify.cache.store import ModelCache
-    from kdverify.data import load_dataset
-
     recipe = resolve("tiny-hard", "paper")
 
     def fresh_cache():  # a new process's view: nothing in memory
