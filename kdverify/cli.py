@@ -455,8 +455,8 @@ def calibrate_command(seeds: tuple[int, ...], budget: str, data_root: str | None
 @click.option("--force", is_flag=True, help="Replace an existing reference file.")
 @click.option("--claim", "claim_ids", multiple=True, help="Only these claim ids (repeatable).")
 @click.option("--path", "path_label", default=None, metavar="NAME",
-              help="Name this numeric path (default: device, kernels, threads, e.g. cpu-avx512-2t); name it apart "
-                   "where the same kernels run under another CPU maker's libraries (cpu-avx512-2t-intel).")
+              help="Name this numeric path (default: device, kernels, threads and CPU maker, e.g. "
+                   "cpu-avx512-2t-intel).")
 @click.option("--cached-only", is_flag=True,
               help="Train nothing: each claim gets the seeds whose models the cache already holds (0, 1, ... up to the "
                    "first missing one).")

@@ -58,3 +58,27 @@ def test_at_least_thresholds_look_at_the_low_side(tmp_path, op, values, limit, s
     claim = _claim(Threshold(op, limit))
     _write(tmp_path, "cpu-avx512-2t", claim, values)
     assert headroom([claim], folder=tmp_path)[0].status == status
+
+
+@pytest.mark.parametrize("machine,settings,name", [
+    ("Intel(R) Xeon(R) Processor, 2 CPUs, AVX-512, AVX512 kernels, 2 threads",
+     {"device_type": "cpu", "cpu_kernels": "AVX512", "threads": 2}, "cpu-avx512-2t-intel"),
+    ("AMD EPYC 9R14, 2 CPUs, AVX-512, AVX2 kernels, 1 threads",
+     {"device_type": "cpu", "cpu_kernels": "AVX2", "threads": 1, "deterministic": True}, "cpu-avx2-1t-amd-det"),
+    ("aarch64, 8 CPUs, DEFAULT kernels, 8 threads", {"device_type": "cpu", "cpu_kernels": "DEFAULT", "threads": 8},
+     "cpu-default-8t-arm"),
+    ("", {"device_type": "cpu", "cpu_kernels": "AVX2", "threads": 2}, "cpu-avx2-2t"),
+    ("NVIDIA H200", {"device_type": "cuda", "gpu": "NVIDIA H200"}, "cuda-nvidia-h200"),
+])
+def test_a_path_is_named_by_device_kernels_threads_and_cpu_maker(machine, settings, name):
+    from kdverify.claims.references import path_name
+
+    assert path_name(settings, machine) == name
+
+
+def test_every_committed_reference_file_is_named_by_its_path():
+    from kdverify.claims.references import read_files
+    from kdverify.paths import REFERENCE_DIR
+
+    files = sorted(p.stem for p in REFERENCE_DIR.glob("*.json"))
+    assert files and sorted(d["path"] for d in read_files()) == files

@@ -133,7 +133,7 @@ def measure_reference(seeds: int, budget: str = "ci", data_root: str | None = No
     lab = ClaimsLab(data_root, budget, "auto", cache_dir)
     lab.cache.train_missing = not cached_only
     settings = numeric_settings(lab.device)
-    path = path or path_name(settings)  # e.g. 'cpu-avx512-2t-intel': the same kernels under another maker's BLAS
+    path = path or path_name(settings, machine_description(lab.device))  # e.g. 'cpu-avx512-2t-intel'
     target = Path(out) if out else REFERENCE_DIR / f"{path}.json"
     if target.exists() and not force:
         raise KdverifyError(f"{target} exists; pass --force to replace it")

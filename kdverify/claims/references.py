@@ -43,12 +43,22 @@ def recipe_fingerprints(claim: Claim, budget: str = "ci") -> dict[str, str]:
     return dict(sorted(found.items()))
 
 
-def path_name(settings: dict[str, Any]) -> str:
-    """'cpu-avx512-2t', 'cpu-avx2-1t-det', 'cuda-nvidia-h200': the file name of a numeric path."""
+CPU_MAKERS = {"intel": ("intel",), "amd": ("amd", "epyc", "ryzen"), "arm": ("arm", "aarch64", "apple", "neoverse")}
+
+
+def cpu_maker(machine: str) -> str:
+    """'intel', 'amd', 'arm' or '' from a machine description: the same kernels land apart under another maker's
+    libraries (MKL picks its code paths per vendor), so a maker is part of a CPU path's name."""
+    words = machine.lower()
+    return next((maker for maker, marks in CPU_MAKERS.items() if any(m in words for m in marks)), "")
+
+
+def path_name(settings: dict[str, Any], machine: str = "") -> str:
+    """'cpu-avx512-2t-intel', 'cpu-avx2-1t-amd-det', 'cuda-nvidia-h200': the file name of a numeric path."""
     what = settings.get("cpu_kernels") or settings.get("gpu") or "unknown"
     name = f"{settings.get('device_type', 'cpu')}-{what}".lower().replace(" ", "-")
     if settings.get("device_type", "cpu") == "cpu":
-        name += f"-{settings.get('threads', '?')}t"
+        name += f"-{settings.get('threads', '?')}t" + (f"-{cpu_maker(machine)}" if cpu_maker(machine) else "")
     return name + ("-det" if settings.get("deterministic") else "")
 
 
