@@ -188,6 +188,13 @@ def test_parameter_count_needs_no_training():
     assert judge(claim, measure(claim, None))[0] == "PASS"
 
 
+def test_measuring_finds_the_built_in_metrics_after_the_registry_was_reset():
+    claim = _claim(Threshold("==", 267_738), metric="parameter_count", args={"arch": "light_nn"})
+    METRICS.restore(({}, False))  # as a registry snapshot from before kdverify.claims.measures was imported
+    assert "parameter_count" not in METRICS
+    assert measure(claim, None).value == 267_738
+
+
 # ---------------------------------------------------------------- the paper claims and their rule
 
 

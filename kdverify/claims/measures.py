@@ -121,12 +121,23 @@ def accuracy_gap(lab: Lab, better: str, baseline: str, seeds: int = 3) -> Measur
     return Measurement(round(top - mean, 3), f"{top:.2f} - mean({', '.join(f'{b:.2f}' for b in base)})")
 
 
-for _metric in (errors_on_test, accuracy_pct, parameter_count, shifted_errors, shift_error_ratio, shift_errors_removed,
-                omitted_class_recovery, error_ratio, mean_accuracy_gain, accuracy_gap):
-    if _metric.__name__ not in METRICS:  # a user's replacement (register_metric replace=True) stays
-        METRICS.register(_metric.__name__, _metric)
+BUILT_IN = (errors_on_test, accuracy_pct, parameter_count, shifted_errors, shift_error_ratio, shift_errors_removed,
+            omitted_class_recovery, error_ratio, mean_accuracy_gain, accuracy_gap)
+
+
+def register_built_ins() -> None:
+    """Put every built-in metric the registry lacks into it; a user's replacement (register_metric replace=True)
+    stays. Run on import, and again where a registry was restored to a state from before this import."""
+    for metric in BUILT_IN:
+        if metric.__name__ not in METRICS:
+            METRICS.register(metric.__name__, metric)
+
+
+register_built_ins()
 
 
 def measure(claim: Claim, lab: Lab) -> Measurement:
     """The claim's value, measured with the lab's models by the metric the claim names."""
+    if claim.metric not in METRICS:
+        register_built_ins()
     return METRICS[claim.metric](lab, **claim.args)
