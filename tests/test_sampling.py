@@ -126,7 +126,7 @@ def test_recipe_files_reach_the_claims_by_option_and_ini(pytester, tmp_path, mon
     result = pytester.runpytest_subprocess(f"--kd-cache={tmp_path / 'cache'}", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
     (pytester.path / "bad.toml").write_text("[x]\ndataset = 'tiny'\narch = 'hinton_mlp'\nepochs = -1\nlr = 1\n")
-    result = pytester.runpytest("--kd-recipe-file", "bad.toml", "-p", "no:cacheprovider")
+    result = pytester.runpytest_subprocess("--kd-recipe-file", "bad.toml", "-p", "no:cacheprovider")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--kd-recipe-file *bad.toml*epochs*"])
     assert "Traceback" not in result.stderr.str()
