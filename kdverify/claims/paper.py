@@ -51,9 +51,9 @@ def _relative(id: str, source: str, statement: str, metric: str, paper: float, u
 
 
 # Claims whose single run spreads wider than the tolerance (kdverify/references/, tests/test_headroom.py): the
-# 95 % prediction bound of one run crosses the threshold, that of a mean of 3 seeds does not. They are gated on
-# the mean of 3 seeds (--kd-seeds 3 or more) and reported with the reason at one seed. Better fast recipes (less
-# spread) are the way to gate them at one seed again; the thresholds do not move.
+# 95 % prediction bound of one run crosses the threshold, that of a mean of k seeds does not. They are gated on
+# the mean of k seeds (--kd-seeds k or more; k = 3, the CNN 5) and reported with the reason at one seed. Better
+# fast recipes (less spread) are the way to gate them at one seed again; the thresholds do not move.
 SPREAD_NOTES = {
     "hinton.student_hard": "FRAGILE at one seed: the fast recipe's hard-label student makes 135-155 errors over "
                            "seeds and kernels (reference sample), so one run can cross 161; the mean of 3 seeds "
@@ -65,9 +65,10 @@ SPREAD_NOTES = {
     "blog.student_kd": "Not reproduced robustly: the blog's 67 came after 1000 epochs; the 60-epoch fast KD student "
                        "makes 69-78 errors (reference sample), so even the mean of 3 or 5 seeds cannot be shown to "
                        "stay within 74. Reported with its number; the same model is judged by hinton.student_kd.",
-    "blog.cnn": "FRAGILE at one seed: the fast CNN makes 43-47 errors over seeds, kernels and thread counts "
-                "(reference sample), one run's 95% prediction bound crosses 48; a mean of 3 seeds' does not. "
-                "Gated from 3 seeds.",
+    "blog.cnn": "FRAGILE at one and at three seeds: the fast CNN makes 43-49 errors over seeds, kernels and "
+                "thread counts (reference sample of 10 runs on 4 paths); the 95% prediction bound of one run is "
+                "49.5, of a 3-seed mean 48.03, of a 5-seed mean 47.6, against 48. Gated from 5 seeds until a "
+                "recipe with less final-epoch spread (a decayed learning rate) replaces the constant-rate one.",
 }
 NO3 = "hinton-student-kd-no3"
 NO3_STUDENT_DIFFERS = ("The paper's no-3 student got 133 of the 1010 test 3s wrong; kdverify's fast no-3 student, "
@@ -143,7 +144,7 @@ CLAIMS: list[Claim] = [
             note=SPREAD_NOTES["blog.student_kd"]),
     _errors("blog.no3", BLOG, "KD student without 3s in the transfer set", 161, recipe=NO3,
             same_model_as="hinton.no3.errors"),
-    _errors("blog.cnn", BLOG, "small CNN, Adam 1e-4, 100 epochs", 44, recipe="blog-cnn", min_seeds=3,
+    _errors("blog.cnn", BLOG, "small CNN, Adam 1e-4, 100 epochs", 44, recipe="blog-cnn", min_seeds=5,
             note=SPREAD_NOTES["blog.cnn"]),
     # ---- PyTorch KD tutorial (CIFAR-10)
     Claim("tutorial.params_deepnn", TUTORIAL, "DeepNN parameter count", "parameter_count", {"arch": "deep_nn"},
