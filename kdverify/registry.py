@@ -1,8 +1,8 @@
-"""Registries by name — models, datasets, objectives, recipes — with one small API and entry points.
+"""Registries by name — models, datasets, objectives, recipes, metrics — with one small API and entry points.
 
 Built-ins register through the same `register` as users. An installed package extends kdverify
 with no flags by declaring entry points in the groups `kdverify.models`, `kdverify.datasets`,
-`kdverify.objectives` and `kdverify.recipes` (name = key, value = the object, or a module whose
+`kdverify.objectives`, `kdverify.recipes` and `kdverify.metrics` (name = key, value = the object, or a module whose
 import registers things); they are loaded the first time a registry is asked for something it
 does not hold. A missing key is a one-line error that names what exists and how to add it.
 """
