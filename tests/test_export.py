@@ -24,6 +24,7 @@ from kdverify.data import CIFAR_CLASSES, CIFAR_NORM, Dataset
 from kdverify.errors import DataMissing, KdverifyError
 from kdverify.export import onnx as ex
 from kdverify.export import quantize as q
+from kdverify.export import torchlib
 from kdverify.export import validate as v
 from kdverify.train.loop import fit
 from kdverify.train.models import build_model
@@ -212,6 +213,36 @@ def test_validator_fails_when_onnx_disagrees_with_torch(mlp_ckpt, tmp_path, monk
     assert result.exit_code == 1 and "m.onnx disagrees with PyTorch" in result.output
     assert "max |logit difference| 1.00e-02" in result.output
     assert _leftovers(tmp_path) == []
+
+
+def test_the_exporters_registry_is_built_once_and_the_graphs_are_the_same_bytes(monkeypatch):
+    from torch.onnx._internal.exporter import _registration
+
+    torch.manual_seed(0)
+    model = build_model("hinton_mlp", hidden=16)
+    monkeypatch.setattr(ex, "registry_built_once", __import__("contextlib").nullcontext)
+    rebuilt_each_time = ex.to_proto(model, (1, 28, 28), 18, True).SerializeToString()
+    monkeypatch.undo()
+
+    builds = []
+    original = _registration.ONNXRegistry.__dict__["from_torchlib"]
+
+    def counting(cls, *args, **kwargs):
+        builds.append(args)
+        return original.__func__(cls, *args, **kwargs)
+
+    monkeypatch.setattr(_registration.ONNXRegistry, "from_torchlib", classmethod(counting))
+    monkeypatch.setattr(torchlib, "_BUILT", {})
+    graphs = [ex.to_proto(model, (1, 28, 28), 18, True).SerializeToString() for _ in range(3)]
+    assert graphs == [rebuilt_each_time] * 3
+    assert len(builds) == 1
+    assert _registration.ONNXRegistry.__dict__["from_torchlib"].__func__ is counting  # put back after each export
+
+    with torchlib.registry_built_once():  # a caller's custom op stays in its own copy
+        mine = _registration.ONNXRegistry.from_torchlib(18)
+        mine.functions.clear()
+        assert _registration.ONNXRegistry.from_torchlib(18).functions
+    assert len(builds) == 2  # opset 18 passed positionally is another call signature: built once more
 
 
 def test_validator_runs_onnx_checker(mlp_ckpt, tmp_path, monkeypatch):

@@ -43,6 +43,7 @@ from kdverify.export.quantize import (
     gate_int8,
     quantize_proto,
 )
+from kdverify.export.torchlib import registry_built_once
 from kdverify.export.validate import (
     EVAL_CHUNK,
     VALIDATION_IMAGES,
@@ -108,7 +109,7 @@ def to_proto(model: nn.Module, input_shape: tuple[int, ...], opset: int, batch_d
     example = torch.zeros(2 if batch_dynamic else 1, *input_shape)
     dynamic_shapes = ({0: torch.export.Dim("batch")},) if batch_dynamic else None
     try:
-        with quiet("torch.onnx._internal.exporter._registration"):
+        with quiet("torch.onnx._internal.exporter._registration"), registry_built_once():
             program = torch.onnx.export(model, (example,), None, dynamo=True, opset_version=opset, verbose=False,
                                         input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                                         dynamic_shapes=dynamic_shapes, external_data=False)
