@@ -41,6 +41,18 @@ def make_pattern_split(n: int, seed: int, channels: int = 1, size: int = 28) -> 
     return Split(images, labels)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def optimizer_modules_loaded():
+    """An optimizer's first step imports torch submodules (dynamo's) that register torch ops. Loaded before any
+    pytester fixture takes its snapshot of sys.modules, they stay loaded: pytester would drop them after its test,
+    and training in a later test (tests/ray_support.train_in_this_process) would import them again and register the
+    same ops twice."""
+    model = torch.nn.Linear(2, 2)
+    for optimizer in (torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), torch.optim.Adam(model.parameters())):
+        model(torch.ones(1, 2)).sum().backward()
+        optimizer.step()
+
+
 @pytest.fixture(scope="session")
 def tiny_mnist() -> Dataset:
     """2,000 train / 500 test synthetic 28x28 images with MNIST's shape and normalisation."""

@@ -43,6 +43,7 @@ class Slow(HintonMLP):
     def forward(self, x):
         if _on_a_ray_worker():
             import time
+            open(os.path.join(os.environ["RAY_TEST_MARKS"], "slow-running"), "w").close()
             time.sleep(0.5)
         return super().forward(x)
 
@@ -91,6 +92,32 @@ def test_claim(claim, kd_claim):
 def test_slow(claim, kd_claim):
     kd_claim(claim)
 '''
+
+
+def train_in_this_process(pytester, cache, names, deterministic=False):
+    """What a local pytest session would put in `cache` for these recipes, trained here instead of in another
+    process: the same keys and weights (a session's cache is this ModelCache), without a second torch import."""
+    import importlib
+    import sys
+
+    import torch
+
+    from kdverify.cache.spec import resolve
+    from kdverify.cache.store import ModelCache
+    from kdverify.data import load_dataset
+    from kdverify.train import determinism
+
+    sys.path.insert(0, str(pytester.path))
+    try:
+        project = importlib.import_module("ray_project")
+        importlib.reload(project)  # its registrations again: the conftest removed them after any earlier test
+        if deterministic:
+            determinism.set_deterministic()
+        models = ModelCache(cache, {"raytiny": load_dataset("raytiny")}, "paper", progress=None)
+        return {name: models.get(resolve(name, "paper")) for name in names}
+    finally:
+        sys.path.remove(str(pytester.path))
+        torch.use_deterministic_algorithms(False)  # the threads come back with the conftest's fixture
 
 
 def make_ray_project(pytester, tmp_path, monkeypatch):

@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("ray")
 
-from ray_support import make_ray_project  # noqa: E402
+from ray_support import make_ray_project, train_in_this_process  # noqa: E402
 
 
 @pytest.fixture
@@ -52,14 +52,10 @@ def test_a_ray_run_has_a_local_runs_verdicts_weights_and_loopback_only(ray_proje
 
     # the same recipes trained locally (deterministic, another cache) have the same weights, bit for bit, and the
     # same keys: a student's key names its teacher's weights, so Ray fed the student the teacher it had just trained
-    local = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--kd-import", "ray_project", "--kd-budget",
-                                          "paper", f"--kd-cache={tmp_path / 'local-cache'}", "--kd-deterministic",
-                                          "-k", "kd or teacher or dies_once", f"--kd-report={tmp_path / 'local'}",
-                                          timeout=300)
-    local.assert_outcomes(passed=3, deselected=3)
-    trained_locally = json.loads((tmp_path / "local" / "report.json").read_text())["models"]
-    assert {m["source"] for m in trained_locally} == {"trained"}
-    assert ({m["recipe"]: (m["key"], m["weights"]) for m in trained_locally}
+    trained_locally = train_in_this_process(pytester, tmp_path / "local-cache",
+                                            ["raytiny-teacher", "raytiny-kd", "dies_once"], deterministic=True)
+    assert {t.source for t in trained_locally.values()} == {"trained"}
+    assert ({name: (t.key, t.weights) for name, t in trained_locally.items()}
             == {m["recipe"]: (m["key"], m["weights"]) for m in report["models"]})
 
     addresses = _addresses(ray_tmp)

@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("ray")
 
-from ray_support import make_ray_project  # noqa: E402
+from ray_support import make_ray_project, train_in_this_process  # noqa: E402
 
 
 @pytest.fixture
@@ -35,7 +35,10 @@ def test_ctrl_c_cancels_the_tasks_and_leaves_no_cache_entry(ray_project, tmp_pat
     while "submitted to Ray" not in seen and time.monotonic() < deadline:
         seen += proc.stdout.readline()
     assert "submitted to Ray" in seen, seen
-    time.sleep(3)  # the task is running (a slow model: 0.5 s a batch)
+    running = tmp_path / "marks" / "slow-running"  # the slow model (0.5 s a batch) is training on a worker
+    while not running.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert running.exists(), "the Ray task never started"
     proc.send_signal(signal.SIGINT)
     out = seen + proc.communicate(timeout=120)[0]
     assert proc.returncode == 2, out  # pytest's "interrupted"
@@ -55,8 +58,7 @@ def test_two_sessions_on_one_cache_train_each_key_once_and_a_cached_teacher_trav
     pytester, _ = ray_project
     cache = tmp_path / "cache"
     common = ["-p", "no:cacheprovider", "--kd-import", "ray_project", "--kd-budget", "paper", f"--kd-cache={cache}"]
-    first = pytester.runpytest_subprocess(*common, "-k", "ray.teacher", timeout=300)  # a teacher cached locally
-    first.assert_outcomes(passed=1, deselected=5)
+    assert train_in_this_process(pytester, cache, ["raytiny-teacher"])["raytiny-teacher"].source == "trained"
     env = {**os.environ, "PYTHONPATH": str(pytester.path)}
     ray_run = subprocess.Popen([sys.executable, "-m", "pytest", *common, "--kd-executor", "ray", "-k", "slow or kd",
                                 f"--kd-report={tmp_path / 'ray-report'}"], cwd=pytester.path, env=env,

@@ -103,28 +103,29 @@ lr = 0.05
 arch_kwargs = { hidden = 16 }
 '''
 
-TOML_CLAIM = '''
+TOML_CLAIMS = '''
 import pytest
 from kdverify.claims.core import Claim, Threshold
 
 @pytest.mark.claims
-def test_toml_recipe(kd_claim):
-    kd_claim(Claim("tiny.toml", "test", "a TOML recipe trains", "errors_on_test", {"recipe": "tiny-from-toml"}, None,
+@pytest.mark.parametrize("recipe", ["tiny-from-toml", "tiny-from-option"])
+def test_toml_recipe(kd_claim, recipe):
+    kd_claim(Claim(f"tiny.{recipe}", "test", "a TOML recipe trains", "errors_on_test", {"recipe": recipe}, None,
                    "errors", Threshold("<=", 200, "all of them")))
 '''
 
 
 def test_recipe_files_reach_the_claims_by_option_and_ini(pytester, tmp_path, monkeypatch):
+    """One session: the ini's kd_import and kd_recipe_file, and --kd-recipe-file on the command line, all count."""
     monkeypatch.delenv("KDVERIFY_DATA", raising=False)
     monkeypatch.setenv("KDVERIFY_CACHE", str(tmp_path / "user-cache"))
-    pytester.makepyfile(tiny_project=TINY_PROJECT, test_toml=TOML_CLAIM)
+    pytester.makepyfile(tiny_project=TINY_PROJECT, test_toml=TOML_CLAIMS)
     (pytester.path / "recipes.toml").write_text(RECIPE_FILE)
-    result = pytester.runpytest_subprocess("--kd-import", "tiny_project", "--kd-recipe-file", "recipes.toml",
-                                           f"--kd-cache={tmp_path / 'cache'}", "-p", "no:cacheprovider")
-    result.assert_outcomes(passed=1)
+    (pytester.path / "option.toml").write_text(RECIPE_FILE.replace("tiny-from-toml", "tiny-from-option"))
     pytester.makeini("[pytest]\nkd_import = tiny_project\nkd_recipe_file = recipes.toml\n")
-    result = pytester.runpytest_subprocess(f"--kd-cache={tmp_path / 'cache'}", "-p", "no:cacheprovider")
-    result.assert_outcomes(passed=1)
+    result = pytester.runpytest_subprocess("--kd-recipe-file", "option.toml", f"--kd-cache={tmp_path / 'cache'}",
+                                           "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=2)
     (pytester.path / "bad.toml").write_text("[x]\ndataset = 'tiny'\narch = 'hinton_mlp'\nepochs = -1\nlr = 1\n")
     result = pytester.runpytest_subprocess("--kd-recipe-file", "bad.toml", "-p", "no:cacheprovider")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
