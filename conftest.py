@@ -29,6 +29,13 @@ def one_torch_thread_outside_the_claims(request):
     torch.set_num_threads(threads)
 
 
+def pytest_collection_modifyitems(items):
+    """Tests that start processes first (stable: everything else keeps its order), so that under pytest-xdist the
+    long ones start at once and the many short ones fill in behind them, rather than one long test running alone
+    at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("processes") is None)
+
+
 def make_pattern_split(n: int, seed: int, channels: int = 1, size: int = 28) -> Split:
     """Learnable images: class c lights a 6x6 square at a position of its own, plus noise."""
     gen = torch.Generator().manual_seed(seed)

@@ -69,6 +69,7 @@ def _wait_for(proc, marker: str, timeout: float = 60.0) -> list[str]:
     raise AssertionError(f"{marker!r} never came: {''.join(lines)}")
 
 
+@pytest.mark.processes
 def test_concurrent_processes_train_a_key_once_and_all_get_the_same_weights(tmp_path):
     procs = [_spawn(tmp_path, "tiny-kd-0", slow=0.2) for _ in range(3)]
     outs = [p.communicate(timeout=180)[0] for p in procs]
@@ -84,6 +85,7 @@ def test_concurrent_processes_train_a_key_once_and_all_get_the_same_weights(tmp_
     assert not list(models.glob("*.tmp"))
 
 
+@pytest.mark.processes
 def test_a_holder_killed_while_training_never_blocks_the_next_run(tmp_path):
     victim = _spawn(tmp_path, slow=3.0)
     _wait_for(victim, "EPOCH tiny-teacher 1")  # holds the lock, mid-training
@@ -97,6 +99,7 @@ def test_a_holder_killed_while_training_never_blocks_the_next_run(tmp_path):
     assert "waiting for" not in out  # the lock died with its holder
 
 
+@pytest.mark.processes
 def test_a_holder_killed_while_writing_leaves_nothing_corrupt_and_its_temporary_is_cleaned(tmp_path, tiny_registered):
     victim = _spawn(tmp_path, mode="die-while-writing")
     _wait_for(victim, "WRITING")

@@ -261,6 +261,7 @@ def test_every_paper_claim_is_well_formed():
             assert len(claim.note) > 80, f"{claim.id}: an ungated claim needs its reason, with numbers, in `note`"
 
 
+@pytest.mark.processes
 def test_importing_claims_does_not_import_the_paper_claims():
     code = "import kdverify.claims.core, sys; assert 'kdverify.claims.paper' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

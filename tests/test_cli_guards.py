@@ -332,6 +332,7 @@ _SLOW_TRAIN = textwrap.dedent("""
 """)
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("signum,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_signal_removes_temporaries_and_says_so(tmp_path, signum, code):
     out = tmp_path / "out" / "x.pt"
@@ -414,6 +415,7 @@ def test_import_failures_are_one_line(user_modules):
     assert_one_line_error(run("--import", "kdv_user_syntax", "recipes"), "SyntaxError")
 
 
+@pytest.mark.processes
 def test_nothing_in_the_working_directory_runs_unless_named(user_modules, tmp_path):
     """A stray ./onnx.py or ./tomllib.py is never imported in place of the library; the directory joins
     sys.path only for a named --import, and last."""

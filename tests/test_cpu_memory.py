@@ -14,6 +14,8 @@ import pytest
 
 from kdverify.train import cpu_memory
 
+pytestmark = pytest.mark.processes
+
 PROBE = """
 import ctypes, json, sys
 from kdverify.train import cpu_memory

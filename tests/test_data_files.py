@@ -377,6 +377,7 @@ def _decode_in_child(tar, cache, counter, barrier, results) -> None:
     results.put(hashlib.sha256(b"".join(arrays[k].tobytes() for k in sorted(arrays))).hexdigest())
 
 
+@pytest.mark.processes
 @pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="needs fork")
 @pytest.mark.parametrize("state", ["absent", "corrupt"])
 def test_concurrent_processes_decode_once(tmp_path, monkeypatch, state):

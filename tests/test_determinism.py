@@ -5,9 +5,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from kdverify.cache.checkpoint import load_checkpoint
 
 TESTS = Path(__file__).parent
+
+pytestmark = pytest.mark.processes
 
 USER_TEST = '''
 import pytest

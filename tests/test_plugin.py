@@ -148,6 +148,7 @@ def test_cuda_device_without_cuda_is_a_usage_error(no_data):
     result.stderr.fnmatch_lines(["*--kd-device cuda asked for, but torch sees no CUDA device*"])
 
 
+@pytest.mark.processes
 def test_training_progress_is_shown_live_despite_output_capture(pytester):
     """Training runs inside a test; its epoch lines must reach the terminal, not the capture buffer."""
     pytester.makepyfile(test_progress="""
@@ -188,6 +189,7 @@ def test_corrupt_data_fails_even_when_missing_data_may_skip(no_data, tmp_path, m
     result.stdout.fnmatch_lines(["*corrupt data: MNIST file train-images-idx3-ubyte*fails its checksum*"])
 
 
+@pytest.mark.processes
 def test_the_plugin_loads_no_torch_in_a_run_without_claims(pytester):
     """Installed, the plugin is loaded by every pytest run of the environment: it must stay light there."""
     pytester.makepyfile(test_plain="""
@@ -245,6 +247,7 @@ def test_seen():
     assert "INTERNALERROR" not in result.stderr.str() + result.stdout.str()
 
 
+@pytest.mark.processes
 def test_claims_and_the_plugin_are_data_importing_them_loads_no_torch():
     """Installing kdverify must not slow every other pytest run: claims, the paper's claims and the plugin are
     torch-free; torch loads when a claim is measured."""

@@ -11,6 +11,8 @@ pytest.importorskip("ray")
 
 from ray_support import make_ray_project, train_in_this_process  # noqa: E402
 
+pytestmark = pytest.mark.processes
+
 
 @pytest.fixture
 def ray_project(pytester, tmp_path, monkeypatch):

@@ -219,6 +219,7 @@ def test_cli_refuses_a_bad_value_before_any_data_is_loaded_or_trained(tmp_path, 
         assert "training mine" not in result.output and not out.exists()
 
 
+@pytest.mark.processes
 def test_a_bad_recipe_file_on_the_command_line_is_exactly_one_line(tmp_path):
     """Not click's usage block above it: one line naming file, recipe and field, exit 2."""
     import subprocess

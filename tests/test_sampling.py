@@ -66,6 +66,7 @@ def test_claim(claim, kd_claim):
 '''
 
 
+@pytest.mark.processes
 def test_kd_seeds_gives_per_seed_values_mean_and_bound_and_a_raising_claim_is_an_error_row(pytester, tmp_path,
                                                                                             monkeypatch):
     monkeypatch.delenv("KDVERIFY_DATA", raising=False)
@@ -115,6 +116,7 @@ def test_toml_recipe(kd_claim, recipe):
 '''
 
 
+@pytest.mark.processes
 def test_recipe_files_reach_the_claims_by_option_and_ini(pytester, tmp_path, monkeypatch):
     """One session: the ini's kd_import and kd_recipe_file, and --kd-recipe-file on the command line, all count."""
     monkeypatch.delenv("KDVERIFY_DATA", raising=False)

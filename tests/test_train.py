@@ -291,6 +291,7 @@ print(state_digest(fit(student, dataset, teacher=teacher, progress=None).model))
 """
 
 
+@pytest.mark.processes
 def test_a_cifar_student_gets_identical_weights_in_a_fresh_process():
     """The same recipe gives bit-identical weights here (inside pytest, after other tests trained) and in a
     fresh interpreter: nothing process-wide (RNG state, teacher tables, allocator, threads) leaks into training."""

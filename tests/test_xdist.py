@@ -11,6 +11,8 @@ import pytest
 
 pytest.importorskip("xdist")
 
+pytestmark = pytest.mark.processes
+
 TINY_PROJECT = (Path(__file__).parent / "tiny_project.py").read_text()
 
 TINY_CLAIMS = '''
