@@ -54,10 +54,12 @@ def optimizer_modules_loaded():
     pytester fixture takes its snapshot of sys.modules, they stay loaded: pytester would drop them after its test,
     and training in a later test (tests/ray_support.train_in_this_process) would import them again and register the
     same ops twice."""
-    model = torch.nn.Linear(2, 2)
-    for optimizer in (torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), torch.optim.Adam(model.parameters())):
-        model(torch.ones(1, 2)).sum().backward()
-        optimizer.step()
+    with torch.random.fork_rng(devices=[]):  # leaves the global generator as it was
+        model = torch.nn.Linear(2, 2)
+        for optimizer in (torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
+                          torch.optim.Adam(model.parameters())):
+            model(torch.ones(1, 2)).sum().backward()
+            optimizer.step()
 
 
 @pytest.fixture(scope="session")
