@@ -46,14 +46,16 @@ def _accuracy(id: str, statement: str, recipe: str, paper: float) -> Claim:
 
 
 def _relative(id: str, source: str, statement: str, metric: str, paper: float, unit: str, threshold: Threshold,
-              gated: bool = True, note: str = "", **args: Any) -> Claim:
-    return Claim(id, source, statement, metric, args, paper, unit, threshold, gated=gated, note=note)
+              gated: bool = True, note: str = "", min_seeds: int = 1, **args: Any) -> Claim:
+    return Claim(id, source, statement, metric, args, paper, unit, threshold, gated=gated, note=note,
+                 min_seeds=min_seeds)
 
 
 # Claims whose single run spreads wider than the tolerance (kdverify/references/, tests/test_headroom.py): the
 # 95 % prediction bound of one run crosses the threshold, that of a mean of k seeds does not. They are gated on
-# the mean of k seeds (--kd-seeds k or more; k = 3, the CNN 5) and reported with the reason at one seed. Better
-# fast recipes (less spread) are the way to gate them at one seed again; the thresholds do not move.
+# the mean of k seeds (--kd-seeds k or more; k = 3, the CNN and tutorial.cosine_does_not_hurt 5) and reported
+# with the reason at one seed. Better fast recipes (less spread) are the way to gate them at one seed again; the
+# thresholds do not move.
 SPREAD_NOTES = {
     "hinton.student_hard": "FRAGILE at one seed: the fast recipe's hard-label student makes 135-155 errors over "
                            "seeds and kernels (reference sample), so one run can cross 161; the mean of 3 seeds "
@@ -65,6 +67,11 @@ SPREAD_NOTES = {
     "blog.student_kd": "Not reproduced robustly: the blog's 67 came after 1000 epochs; the 60-epoch fast KD student "
                        "makes 69-78 errors (reference sample), so even the mean of 3 or 5 seeds cannot be shown to "
                        "stay within 74. Reported with its number; the same model is judged by hinton.student_kd.",
+    "tutorial.cosine_does_not_hurt": "FRAGILE as a mean of 3 student seeds: one cosine student minus one plain "
+                                     "student spreads -0.72 to +0.81 pt (reference sample of 16 pairs on 4 paths, "
+                                     "mean +0.19); the worst three average -0.57 against -0.5. The mean of 5 pairs "
+                                     "keeps its bound inside (-0.42). Gated from 5 seeds (--kd-seeds 5), reported at "
+                                     "the default 3; training 2 more pairs in every default run would cost ~5 min.",
     "blog.cnn": "FRAGILE at one and at three seeds: the fast CNN makes 43-49 errors over seeds, kernels and "
                 "thread counts (reference sample of 10 runs on 4 paths); the 95% prediction bound of one run is "
                 "49.5, of a 3-seed mean 48.03, of a 5-seed mean 47.6, against 48. Gated from 5 seeds until a "
@@ -165,9 +172,10 @@ CLAIMS: list[Claim] = [
               f"{kind} distillation changes the student by >= -0.5 pt (mean of {STUDENT_SEEDS} student seeds, "
               "teacher fixed)", "mean_accuracy_gain", paper, "acc pts",
               Threshold(">=", -0.5, "published reruns vary by +-0.5 pt"), recipe=f"tutorial-lightnn-{kind}",
-              baseline="tutorial-lightnn", seeds=STUDENT_SEEDS)
-    for kind, paper in (("kd", round(70.26 - 70.40, 2)), ("cosine", round(70.71 - 70.40, 2)),
-                        ("hint", round(71.50 - 70.40, 2)))
+              baseline="tutorial-lightnn", seeds=STUDENT_SEEDS, min_seeds=min_seeds,
+              note=SPREAD_NOTES.get(f"tutorial.{kind}_does_not_hurt", ""))
+    for kind, paper, min_seeds in (("kd", round(70.26 - 70.40, 2), 1), ("cosine", round(70.71 - 70.40, 2), 5),
+                                   ("hint", round(71.50 - 70.40, 2), 1))
 ]
 
 CLAIMS_BY_ID = {c.id: c for c in CLAIMS}
