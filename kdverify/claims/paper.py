@@ -53,9 +53,9 @@ def _relative(id: str, source: str, statement: str, metric: str, paper: float, u
 
 # Claims whose single run spreads wider than the tolerance (kdverify/references/, tests/test_headroom.py): the
 # 95 % prediction bound of one run crosses the threshold, that of a mean of k seeds does not. They are gated on
-# the mean of k seeds (--kd-seeds k or more; k = 3, the CNN and tutorial.cosine_does_not_hurt 5) and reported
-# with the reason at one seed. Better fast recipes (less spread) are the way to gate them at one seed again; the
-# thresholds do not move.
+# the mean of k seeds (--kd-seeds k or more; k = 3, tutorial.cosine_does_not_hurt 5) and reported with the
+# reason at one seed; where no affordable k suffices (blog.cnn, blog.student_kd) the claim is reported, not
+# gated. Better fast recipes (less spread) are the way to gate them at one seed again; the thresholds do not move.
 SPREAD_NOTES = {
     "hinton.student_hard": "FRAGILE at one seed: the fast recipe's hard-label student makes 135-155 errors over "
                            "seeds and kernels (reference sample), so one run can cross 161; the mean of 3 seeds "
@@ -72,10 +72,11 @@ SPREAD_NOTES = {
                                      "mean +0.19); the worst three average -0.57 against -0.5. The mean of 5 pairs "
                                      "keeps its bound inside (-0.42). Gated from 5 seeds (--kd-seeds 5), reported at "
                                      "the default 3; training 2 more pairs in every default run would cost ~5 min.",
-    "blog.cnn": "FRAGILE at one and at three seeds: the fast CNN makes 43-49 errors over seeds, kernels and "
-                "thread counts (reference sample of 10 runs on 4 paths); the 95% prediction bound of one run is "
-                "49.5, of a 3-seed mean 48.03, of a 5-seed mean 47.6, against 48. Gated from 5 seeds until a "
-                "recipe with less final-epoch spread (a decayed learning rate) replaces the constant-rate one.",
+    "blog.cnn": "Not reproduced robustly: the fast CNN (60 epochs, Adam 3e-3 with warm-up and linear decay) makes "
+                "40-58 errors over 15 runs on 5 paths (reference sample: mean 46.1, s 4.3; AVX2 kernels alone gave "
+                "41, 50, 58, 46, 40), so even a mean of 10 seeds has a 95% prediction bound of 49.2 against 48. "
+                "Reported with its number and range, not gated, until a recipe with less spread between seeds is "
+                "measured on two paths (a lower peak rate, or the blog's own 100 epochs at 1e-4).",
 }
 NO3 = "hinton-student-kd-no3"
 NO3_STUDENT_DIFFERS = ("The paper's no-3 student got 133 of the 1010 test 3s wrong; kdverify's fast no-3 student, "
@@ -151,7 +152,7 @@ CLAIMS: list[Claim] = [
             note=SPREAD_NOTES["blog.student_kd"]),
     _errors("blog.no3", BLOG, "KD student without 3s in the transfer set", 161, recipe=NO3,
             same_model_as="hinton.no3.errors"),
-    _errors("blog.cnn", BLOG, "small CNN, Adam 1e-4, 100 epochs", 44, recipe="blog-cnn", min_seeds=5,
+    _errors("blog.cnn", BLOG, "small CNN, Adam 1e-4, 100 epochs", 44, recipe="blog-cnn", gated=False,
             note=SPREAD_NOTES["blog.cnn"]),
     # ---- PyTorch KD tutorial (CIFAR-10)
     Claim("tutorial.params_deepnn", TUTORIAL, "DeepNN parameter count", "parameter_count", {"arch": "deep_nn"},
