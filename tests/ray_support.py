@@ -109,8 +109,8 @@ def train_in_this_process(pytester, cache, names, deterministic=False):
 
     sys.path.insert(0, str(pytester.path))
     try:
-        project = importlib.import_module("ray_project")
-        importlib.reload(project)  # its registrations again: the conftest removed them after any earlier test
+        sys.modules.pop("ray_project", None)  # an earlier test's copy: its registrations were removed after it
+        importlib.import_module("ray_project")
         if deterministic:
             determinism.set_deterministic()
         models = ModelCache(cache, {"raytiny": load_dataset("raytiny")}, "paper", progress=None)
