@@ -207,17 +207,38 @@ def test_bad_plugin_inputs_are_one_line_usage_errors_before_collection(pytester,
     (tmp_path / "a-file").write_text("x")
     cases = [(["--kd-import", "boom"],
               "importing module 'boom' (--kd-import) failed at *boom.py:1: RuntimeError: boom at import"),
-             (["--kd-report", str(tmp_path / "a-file")], "exists and is not a folder"),
-             (["--kd-cache", str(tmp_path / "a-file")], "exists and is not a folder")]
+             ([f"--kd-report={tmp_path / 'a-file'}"], "exists and is not a folder"),
+             ([f"--kd-cache={tmp_path / 'a-file'}"], "exists and is not a folder")]
     if os.geteuid() != 0:  # root writes anywhere
         ro = tmp_path / "ro"
         ro.mkdir(mode=0o500)
-        cases.append((["--kd-cache", str(ro / "cache")], "is not writable"))
+        cases.append(([f"--kd-cache={ro / 'cache'}"], "is not writable"))
     for args, message in cases:
         result = pytester.runpytest("-p", "no:cacheprovider", *args)
         assert result.ret == pytest.ExitCode.USAGE_ERROR, args
         result.stderr.fnmatch_lines([f"*{message}*"])
         assert "INTERNALERROR" not in result.stderr.str() + result.stdout.str()
+
+
+def test_a_path_after_a_space_that_moved_pytests_rootdir_is_one_line_naming_the_fix(pytester, tmp_path):
+    """`--kd-cache DIR` with DIR outside the project: pytest (before plugins add options) took DIR for a test path,
+    so the rootdir left the project and its ini with it (pytest-dev/pytest#8846). Inside the project, or with '=',
+    nothing moved and the run goes on."""
+    pytester.makeini("[pytest]\ntestpaths = tests\n")
+    pytester.mkdir("tests")
+    (pytester.path / "tests" / "test_x.py").write_text("def test_x():\n    pass\n")
+    pytester.mkdir("report-inside")
+    outside = tmp_path / "cache"
+    outside.mkdir()
+    for option in ("--kd-cache", "--kd-report", "--kd-data-root"):
+        result = pytester.runpytest("-p", "no:cacheprovider", option, str(outside))
+        assert result.ret == pytest.ExitCode.USAGE_ERROR, option
+        result.stderr.fnmatch_lines([f"*{option} {outside}: write {option}={outside} (with '='): pytest took the "
+                                     "existing path after the space for a test path, so its rootdir became *"])
+    for args in ([f"--kd-cache={outside}"], ["--kd-report", "report-inside"], ["--kd-cache", str(outside / "new")],
+                 ["--rootdir", str(pytester.path), "--kd-cache", str(outside)]):
+        result = pytester.runpytest("-p", "no:cacheprovider", *args)
+        result.assert_outcomes(passed=1)
 
 
 def test_kd_import_in_the_ini_file_is_imported_before_collection_and_before_the_options_modules(pytester):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -55,6 +56,34 @@ def add_options(parser: pytest.Parser) -> None:
     parser.addini("kd_import", type="linelist", default=[], help="modules kdverify imports first (like --kd-import)")
     parser.addini("kd_recipe_file", type="linelist", default=[],
                   help="TOML recipe files kdverify registers first (like --kd-recipe-file), relative to the rootdir")
+
+
+PATH_OPTIONS = ("--kd-data-root", "--kd-cache", "--kd-report", "--kd-recipe-file")
+CONFIG_FILES = ("pytest.toml", ".pytest.toml", "pytest.ini", ".pytest.ini", "pyproject.toml", "tox.ini", "setup.cfg")
+
+
+def check_paths_left_the_rootdir_alone(config: pytest.Config) -> None:
+    """pytest finds its rootdir before any plugin adds options, so in `--kd-cache DIR` (a space, not `=`) it takes
+    an existing DIR for a test path: a DIR outside the project moves the rootdir above it, and the project's
+    config (testpaths, markers, kd_import) is silently lost (pytest-dev/pytest#8846). One line with the fix instead.
+
+    Moved means: the rootdir is above the working directory, a config file lies between them (where pytest,
+    starting here, would have stopped), and a path given after a space lies outside that folder."""
+    here = Path(config.invocation_params.dir).resolve()
+    root = config.rootpath.resolve()
+    if config.getoption("rootdir", None) or root == here or not here.is_relative_to(root):
+        return
+    project = next((d for d in (here, *here.parents) if d != root and d.is_relative_to(root)
+                    and any((d / name).is_file() for name in CONFIG_FILES)), None)
+    if project is None:
+        return
+    args = [str(a) for a in config.invocation_params.args]
+    for option, value in zip(args, args[1:]):
+        path = (here / value).resolve()
+        if option in PATH_OPTIONS and path.exists() and not path.is_relative_to(project):
+            raise pytest.UsageError(
+                f"{option} {value}: write {option}={value} (with '='): pytest took the existing path after the "
+                f"space for a test path, so its rootdir became {config.rootpath}, not {project}")
 
 
 def _seed_count(text: str) -> int:

@@ -11,7 +11,7 @@ import pytest
 
 from kdverify.claims.ledger import Ledger, attach
 from kdverify.errors import DataCorrupt, DataError, KdverifyError, first_line
-from kdverify.plugin.options import Settings
+from kdverify.plugin.options import Settings, check_paths_left_the_rootdir_alone
 from kdverify.startup import import_user_modules, load_recipe_files
 
 if TYPE_CHECKING:  # the plugin loads in every pytest run of the environment: torch only when a claim runs
@@ -33,6 +33,7 @@ class KdSession:
     def configure(self) -> None:
         """Everything that can be wrong with the options, as one-line usage errors before collection."""
         self.config.pluginmanager.register(self.ledger, "kdverify-ledger")  # gathers verdicts from reports
+        check_paths_left_the_rootdir_alone(self.config)
         self.settings.check_output_folders()
         try:
             import_user_modules(self.settings.imports, search=self.settings.rootdir, how="--kd-import")
