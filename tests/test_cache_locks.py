@@ -1,6 +1,7 @@
 """The model cache shared by processes: each key trained once, a killed holder never blocks or corrupts.
 
-Real processes (subprocess), a real filelock, the tiny synthetic recipes of `tiny_project`.
+Real processes (subprocess, with this test's process as one more), a real filelock, the tiny synthetic recipes
+of `tiny_project`.
 """
 
 import json
@@ -69,12 +70,28 @@ def _wait_for(proc, marker: str, timeout: float = 60.0) -> list[str]:
     raise AssertionError(f"{marker!r} never came: {''.join(lines)}")
 
 
+def _get_here(tmp_path, recipe="tiny-teacher", slow=0.0):
+    """This test's process as one more of the processes sharing the cache: what it said and what it got."""
+    said = []
+
+    def progress(recipe, record, total):
+        said.append(f"EPOCH {recipe.name} {record.epoch}")
+        time.sleep(slow)
+
+    cache = ModelCache(tmp_path / "cache", {"tiny": load_dataset("tiny")}, "paper", progress=progress,
+                       say=said.append)
+    trained = cache.get(resolve(recipe, "paper"))
+    return "\n".join(said), {"source": trained.source, "weights": trained.weights}
+
+
 @pytest.mark.processes
-def test_concurrent_processes_train_a_key_once_and_all_get_the_same_weights(tmp_path):
-    procs = [_spawn(tmp_path, "tiny-kd-0", slow=0.2) for _ in range(3)]
+def test_concurrent_processes_train_a_key_once_and_all_get_the_same_weights(tmp_path, tiny_registered):
+    procs = [_spawn(tmp_path, "tiny-kd-0", slow=0.2) for _ in range(2)]  # and this process, the third
+    here, result_here = _get_here(tmp_path, "tiny-kd-0", slow=0.2)
     outs = [p.communicate(timeout=180)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
-    results = [_result(o) for o in outs]
+    results = [_result(o) for o in outs] + [result_here]
+    outs.append(here)
     # the teacher (3 epochs) and the student (2 epochs) were each trained by exactly one process
     assert sum(o.count("EPOCH tiny-teacher ") for o in outs) == 3, outs
     assert sum(o.count("EPOCH tiny-kd-0 ") for o in outs) == 2, outs
@@ -86,17 +103,15 @@ def test_concurrent_processes_train_a_key_once_and_all_get_the_same_weights(tmp_
 
 
 @pytest.mark.processes
-def test_a_holder_killed_while_training_never_blocks_the_next_run(tmp_path):
+def test_a_holder_killed_while_training_never_blocks_the_next_run(tmp_path, tiny_registered):
     victim = _spawn(tmp_path, slow=3.0)
     _wait_for(victim, "EPOCH tiny-teacher 1")  # holds the lock, mid-training
     victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=10)
     started = time.monotonic()
-    rerun = _spawn(tmp_path)
-    out = rerun.communicate(timeout=120)[0]
-    assert rerun.returncode == 0, out
-    assert _result(out)["source"] == "trained" and time.monotonic() - started < 60
-    assert "waiting for" not in out  # the lock died with its holder
+    said, result = _get_here(tmp_path)  # the next run: this process
+    assert result["source"] == "trained" and time.monotonic() - started < 60
+    assert "waiting for" not in said  # the lock died with its holder
 
 
 @pytest.mark.processes
@@ -108,12 +123,11 @@ def test_a_holder_killed_while_writing_leaves_nothing_corrupt_and_its_temporary_
     victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=10)
     assert not list((tmp_path / "cache").glob("*.pt"))  # no half entry under the real name
-    rerun = _spawn(tmp_path)
-    out = rerun.communicate(timeout=120)[0]
-    assert rerun.returncode == 0 and _result(out)["source"] == "trained", out
+    _, result = _get_here(tmp_path)  # the next run: this process
+    assert result["source"] == "trained"
     assert not list((tmp_path / "cache").glob(".*.tmp"))  # the dead writer's temporary was removed
     fresh = ModelCache(tmp_path / "cache", {"tiny": load_dataset("tiny")}, "paper", progress=None)  # nothing in memory
-    assert fresh.get(resolve("tiny-teacher", "paper")).weights == _result(out)["weights"]
+    assert fresh.get(resolve("tiny-teacher", "paper")).weights == result["weights"]
     assert fresh.get(resolve("tiny-teacher", "paper")).source == "cache"
 
 
