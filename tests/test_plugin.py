@@ -279,3 +279,24 @@ def test_claims_and_the_plugin_are_data_importing_them_loads_no_torch():
             "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('kdverify'))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("args, dist", [
+    (["-n", "2"], "loadscope"),  # claims may run: one worker per teacher's claims
+    (["-n", "2", "-m", "claims"], "loadscope"),
+    (["-n", "2", "-m", "processes"], "loadscope"),  # a claim could carry that marker too
+    (["-n", "2", "-m", "not claims"], "worksteal"),  # a unit run: both workers busy to the end
+    (["-n", "2", "-m", "not claims and not processes"], "worksteal"),
+    (["-n", "2", "-m", "not claims", "--dist", "load"], "load"),  # typed: kept
+    (["-n", "2", "-m", "not claims", "--dist=loadfile"], "loadfile"),
+    (["-m", "not claims"], "no"),  # no workers, nothing to choose
+])
+def test_n_without_dist_groups_a_teachers_claims_unless_the_markers_leave_out_every_claim(pytester, args, dist):
+    from kdverify.plugin import _default_dist
+
+    pytest.importorskip("xdist")
+    config = pytester.parseconfig(*args)
+    if config.option.numprocesses and config.option.dist == "no":
+        config.option.dist = "load"  # what xdist's pytest_cmdline_main does with -n before any pytest_configure
+    _default_dist(config)
+    assert config.option.dist == dist

@@ -9,12 +9,14 @@ Under pytest-xdist (`-n auto`) every worker has its own lab; they share the lock
 so each recipe is trained once. Fixtures attach verdicts to test reports and the controller
 gathers them (`kdverify.claims.ledger`), so there is one table and one report, in collection order.
 The built-in claims are one test class per teacher and `-n` defaults to `--dist loadscope`, so a
-worker that computed a teacher's outputs serves all of its students.
+worker that computed a teacher's outputs serves all of its students (`worksteal` when `-m` leaves out the claims).
 """
 
 from __future__ import annotations
 
+import itertools
 import os
+import re
 import shlex
 from typing import Any
 
@@ -36,13 +38,14 @@ def pytest_configure(config: pytest.Config) -> None:
                                        "checks the published number within its stated tolerance")
     config.addinivalue_line("markers", "claims_gpu(budgets): a claim whose listed budgets need a GPU; "
                                        "skipped with a reason when none is present")
-    _default_to_loadscope(config)
+    _default_dist(config)
     session = config.stash[SESSION_KEY] = KdSession(config)
     session.configure()
 
 
-def _default_to_loadscope(config: pytest.Config) -> None:
-    """`-n N` without `--dist`: send each test class (the claims of one teacher) to one worker.
+def _default_dist(config: pytest.Config) -> None:
+    """`-n N` without `--dist`: `loadscope` sends each test class (the claims of one teacher) to one worker;
+    a run whose `-m` leaves out every claim gets `worksteal`, which keeps both workers busy to the end of a unit run.
 
     `loadscope`, not `loadgroup`: with pytest 9.2, xdist's loadgroup silently stops grouping (it renames
     node ids, which pytest no longer reads back: pytest-dev/pytest-xdist#1386). xdist turns `-n` into
@@ -54,7 +57,28 @@ def _default_to_loadscope(config: pytest.Config) -> None:
     typed = [*config.invocation_params.args, *shlex.split(os.environ.get("PYTEST_ADDOPTS", "")),
              *config.getini("addopts")]
     if not any(str(a).startswith(("--dist", "-d")) for a in typed):
-        option.dist = "loadscope"
+        option.dist = "worksteal" if excludes_marker(option.markexpr, "claims") else "loadscope"
+
+
+def excludes_marker(markexpr: str, marker: str) -> bool:
+    """Whether `-m markexpr` deselects every test carrying `marker`, whatever other markers it has: the expression
+    is false with `marker` set, for every truth value of the other names in it (at most 8 of them)."""
+    if not markexpr.strip():
+        return False
+    from _pytest.mark.expression import Expression
+
+    try:
+        expression = Expression.compile(markexpr)
+    except Exception:  # noqa: BLE001 - a bad expression: pytest itself reports it
+        return False
+    others = sorted(set(re.findall(r"[^\s()]+", markexpr)) - {"and", "or", "not", marker})
+    if len(others) > 8:
+        return False
+    for values in itertools.product((False, True), repeat=len(others)):
+        truth = {**dict(zip(others, values)), marker: True}
+        if expression.evaluate(lambda name, **kwargs: truth.get(name, False)):
+            return False
+    return True
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
