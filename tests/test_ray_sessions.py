@@ -31,7 +31,10 @@ def test_ctrl_c_cancels_the_tasks_and_leaves_no_cache_entry(ray_project, tmp_pat
     proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--kd-import", "ray_project",
                              "--kd-budget", "paper", f"--kd-cache={cache}", "--kd-executor", "ray", "-k", "slow"],
                             cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONPATH": str(pytester.path)})
+                            env={**os.environ, "PYTHONPATH": str(pytester.path)},
+                            # Ctrl-C as at a terminal: a suite started in the background by a non-interactive
+                            # shell ignores SIGINT, and a child would inherit that and never be interrupted
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = ""
     deadline = time.monotonic() + 240
     while "submitted to Ray" not in seen and time.monotonic() < deadline:
