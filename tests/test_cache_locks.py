@@ -74,8 +74,8 @@ def _get_here(tmp_path, recipe="tiny-teacher", slow=0.0):
     """This test's process as one more of the processes sharing the cache: what it said and what it got."""
     said = []
 
-    def progress(recipe, record, total):
-        said.append(f"EPOCH {recipe.name} {record.epoch}")
+    def progress(training, record, total):  # `training`: the recipe being trained, a teacher too
+        said.append(f"EPOCH {training.name} {record.epoch}")
         time.sleep(slow)
 
     cache = ModelCache(tmp_path / "cache", {"tiny": load_dataset("tiny")}, "paper", progress=progress,
