@@ -14,12 +14,13 @@ before Ray is imported); `--kd-ray-address` joins an existing cluster instead (`
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from kdverify.cache.store import Executor, ModelCache
 from kdverify.errors import KdverifyError, first_line
@@ -140,8 +141,9 @@ class RayExecutor:
         env = {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}  # the driver's modules, --kd-import's too
         try:
             if self.address is None:
-                ray.init(_node_ip_address=LOOPBACK, include_dashboard=False, log_to_driver=False,
-                         runtime_env={"env_vars": env}, configure_logging=False)
+                with _environment(env):  # inherited by the local workers, which Ray then starts before any task
+                    ray.init(_node_ip_address=LOOPBACK, include_dashboard=False, log_to_driver=False,
+                             configure_logging=False)
             else:
                 ray.init(address=self.address, log_to_driver=False, configure_logging=False)
         except Exception as exc:  # noqa: BLE001 - unreachable address, bad scheme, no cluster: one line
@@ -269,6 +271,22 @@ class RayExecutor:
         if self._owns_ray and ray.is_initialized():
             ray.shutdown()
             self._owns_ray = False
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """`values` in os.environ while a local Ray starts: its daemons, and the workers they start, inherit them.
+    (A runtime_env would do it too, but its workers are started per task, while the default ones sit idle.)"""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _probe(address: str, timeout: float = 5.0) -> None:
