@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -21,12 +24,13 @@ def one_torch_thread_outside_the_claims(request):
     if request.node.get_closest_marker("claims") or "claims" in request.node.path.parts:
         yield
         return
-    threads = torch.get_num_threads()
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(int(UNIT_TEST_THREADS))
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("OMP_NUM_THREADS", UNIT_TEST_THREADS)
         yield
     torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic)  # an in-process `--kd-deterministic` session set it for good
 
 
 def pytest_collection_modifyitems(items):
@@ -85,6 +89,16 @@ def registries_restored():
     for table, contents in tables:
         table.clear()
         table.update(contents)
+
+
+@pytest.fixture
+def tiny_pytester(pytester, monkeypatch):
+    """A pytester folder holding tests/tiny_project.py for a run's `--kd-import tiny_project`. An in-process run
+    imports it afresh: the copy an earlier test imported from tests/ is out of sys.modules for this test (its
+    registrations were removed after that test, and importing a module already imported does nothing)."""
+    monkeypatch.delitem(sys.modules, "tiny_project", raising=False)
+    pytester.makepyfile(tiny_project=(Path(__file__).parent / "tests" / "tiny_project.py").read_text())
+    return pytester
 
 
 @pytest.fixture

@@ -3,13 +3,10 @@
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from kdverify.cache.checkpoint import load_checkpoint
-
-TESTS = Path(__file__).parent
 
 pytestmark = pytest.mark.processes
 
@@ -26,12 +23,14 @@ def test_weights(kd_trained, tmp_path_factory):
 '''
 
 
-def test_pytest_and_the_cli_train_bit_identical_weights_in_deterministic_mode(pytester, tmp_path, monkeypatch):
+def test_pytest_and_the_cli_train_bit_identical_weights_in_deterministic_mode(tiny_pytester, tmp_path, monkeypatch):
+    pytester = tiny_pytester
     monkeypatch.delenv("KDVERIFY_DATA", raising=False)
     monkeypatch.setenv("KDVERIFY_CACHE", str(tmp_path / "user-cache"))
-    pytester.makepyfile(tiny_project=(TESTS / "tiny_project.py").read_text(), test_user=USER_TEST)
-    result = pytester.runpytest_subprocess("--kd-import", "tiny_project", "--kd-deterministic",
-                                           "--kd-cache", str(tmp_path / "cache"), "-p", "no:cacheprovider")
+    pytester.makepyfile(test_user=USER_TEST)
+    # pytest in this process (whatever earlier tests left in it), the CLI in fresh ones
+    result = pytester.runpytest("--kd-import", "tiny_project", "--kd-deterministic",
+                                "--kd-cache", str(tmp_path / "cache"), "-p", "no:cacheprovider")
     result.assert_outcomes(passed=1)
     from_pytest = (pytester.path / "weights.txt").read_text()
 

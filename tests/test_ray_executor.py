@@ -66,8 +66,8 @@ def test_a_ray_run_has_a_local_runs_verdicts_weights_and_loopback_only(ray_proje
 
 def test_plan_prints_the_models_and_trains_nothing(ray_project, tmp_path):
     pytester, _ = ray_project
-    run = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--kd-import", "ray_project", "--kd-budget", "paper",
-                                        f"--kd-cache={tmp_path / 'cache'}", "--kd-plan", "--kd-seeds", "2")
+    run = pytester.runpytest("-p", "no:cacheprovider", "--kd-import", "ray_project", "--kd-budget", "paper",
+                             f"--kd-cache={tmp_path / 'cache'}", "--kd-plan", "--kd-seeds", "2")
     assert run.ret == 0
     run.stdout.fnmatch_lines(["model*seed*teacher*cached*expected*needed by*", "raytiny-teacher*0*-*no*",
                               "raytiny-kd*0*raytiny-teacher s0*no*", "raytiny-kd*1*raytiny-teacher s0*no*",
@@ -77,8 +77,8 @@ def test_plan_prints_the_models_and_trains_nothing(ray_project, tmp_path):
 
 def test_an_unreachable_cluster_is_one_line_before_collection(ray_project):
     pytester, _ = ray_project
-    run = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--kd-import", "ray_project", "--kd-executor", "ray",
-                                        "--kd-ray-address", "127.0.0.1:1", timeout=300)
+    run = pytester.runpytest("-p", "no:cacheprovider", "--kd-import", "ray_project", "--kd-executor", "ray",
+                             "--kd-ray-address", "127.0.0.1:1")
     assert run.ret == 4  # a usage error: nothing collected, nothing trained
     err = run.stderr.str()
     assert "--kd-ray-address 127.0.0.1:1: cannot start or reach Ray" in err and "Traceback" not in err

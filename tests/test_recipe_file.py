@@ -219,16 +219,11 @@ def test_cli_refuses_a_bad_value_before_any_data_is_loaded_or_trained(tmp_path, 
         assert "training mine" not in result.output and not out.exists()
 
 
-@pytest.mark.processes
 def test_a_bad_recipe_file_on_the_command_line_is_exactly_one_line(tmp_path):
     """Not click's usage block above it: one line naming file, recipe and field, exit 2."""
-    import subprocess
-    import sys
-
     bad = tmp_path / "bad.toml"
     bad.write_text('[x]\ndataset = "mnist"\narch = "hinton_mlp"\nepochs = 1\nlr = 0.1\nholdout = 1000000000\n')
-    done = subprocess.run([sys.executable, "-c", "from kdverify.cli import main; main()", "recipes", "--recipe-file",
-                           str(bad)], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2
+    done = CliRunner().invoke(main, ["recipes", "--recipe-file", str(bad)], prog_name="kdverify")
+    assert done.exit_code == 2 and done.stdout == ""
     assert done.stderr.strip().splitlines() == [f"kdverify: error: {bad}: recipe 'x': holdout = 1,000,000,000 leaves "
                                                 "nothing to train on (mnist's training split has 60,000 examples)"]

@@ -2,13 +2,10 @@
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 
 from kdverify.claims.sampling import INCONCLUSIVE, Sample, is_fragile, statistical_verdict
-
-TINY_PROJECT = (Path(__file__).parent / "tiny_project.py").read_text()
 
 
 def at_most(limit):
@@ -66,15 +63,15 @@ def test_claim(claim, kd_claim):
 '''
 
 
-@pytest.mark.processes
-def test_kd_seeds_gives_per_seed_values_mean_and_bound_and_a_raising_claim_is_an_error_row(pytester, tmp_path,
+def test_kd_seeds_gives_per_seed_values_mean_and_bound_and_a_raising_claim_is_an_error_row(tiny_pytester, tmp_path,
                                                                                             monkeypatch):
+    pytester = tiny_pytester
     monkeypatch.delenv("KDVERIFY_DATA", raising=False)
     monkeypatch.setenv("KDVERIFY_CACHE", str(tmp_path / "user-cache"))
-    pytester.makepyfile(tiny_project=TINY_PROJECT, test_seeded=SEEDED_CLAIMS)
+    pytester.makepyfile(test_seeded=SEEDED_CLAIMS)
     report = tmp_path / "report"
-    result = pytester.runpytest_subprocess("--kd-import", "tiny_project", "--kd-cache", str(tmp_path / "cache"),
-                                           "--kd-report", str(report), "--kd-seeds", "3", "-p", "no:cacheprovider")
+    result = pytester.runpytest("--kd-import", "tiny_project", "--kd-cache", str(tmp_path / "cache"),
+                                "--kd-report", str(report), "--kd-seeds", "3", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=2, failed=1)
     claims = {c["claim"]: c for c in json.loads((report / "report.json").read_text())["claims"]}
     hard, teacher, broken = claims["tiny.hard"], claims["tiny.teacher"], claims["tiny.broken"]
@@ -116,20 +113,20 @@ def test_toml_recipe(kd_claim, recipe):
 '''
 
 
-@pytest.mark.processes
-def test_recipe_files_reach_the_claims_by_option_and_ini(pytester, tmp_path, monkeypatch):
+def test_recipe_files_reach_the_claims_by_option_and_ini(tiny_pytester, tmp_path, monkeypatch):
     """One session: the ini's kd_import and kd_recipe_file, and --kd-recipe-file on the command line, all count."""
+    pytester = tiny_pytester
     monkeypatch.delenv("KDVERIFY_DATA", raising=False)
     monkeypatch.setenv("KDVERIFY_CACHE", str(tmp_path / "user-cache"))
-    pytester.makepyfile(tiny_project=TINY_PROJECT, test_toml=TOML_CLAIMS)
+    pytester.makepyfile(test_toml=TOML_CLAIMS)
     (pytester.path / "recipes.toml").write_text(RECIPE_FILE)
     (pytester.path / "option.toml").write_text(RECIPE_FILE.replace("tiny-from-toml", "tiny-from-option"))
     pytester.makeini("[pytest]\nkd_import = tiny_project\nkd_recipe_file = recipes.toml\n")
-    result = pytester.runpytest_subprocess("--kd-recipe-file", "option.toml", f"--kd-cache={tmp_path / 'cache'}",
-                                           "-p", "no:cacheprovider")
+    result = pytester.runpytest("--kd-recipe-file", "option.toml", f"--kd-cache={tmp_path / 'cache'}",
+                                "-p", "no:cacheprovider")
     result.assert_outcomes(passed=2)
     (pytester.path / "bad.toml").write_text("[x]\ndataset = 'tiny'\narch = 'hinton_mlp'\nepochs = -1\nlr = 1\n")
-    result = pytester.runpytest_subprocess("--kd-recipe-file", "bad.toml", "-p", "no:cacheprovider")
+    result = pytester.runpytest("--kd-recipe-file", "bad.toml", "-p", "no:cacheprovider")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--kd-recipe-file *bad.toml*epochs*"])
     assert "Traceback" not in result.stderr.str()

@@ -5,15 +5,12 @@ seconds without any data.
 """
 
 import json
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("xdist")
 
 pytestmark = pytest.mark.processes
-
-TINY_PROJECT = (Path(__file__).parent / "tiny_project.py").read_text()
 
 TINY_CLAIMS = '''
 import pytest
@@ -40,17 +37,19 @@ class TestTinyHard:
 
 
 @pytest.fixture
-def tiny(pytester, tmp_path, monkeypatch):
+def tiny(tiny_pytester, tmp_path, monkeypatch):
     monkeypatch.delenv("KDVERIFY_DATA", raising=False)
     monkeypatch.setenv("KDVERIFY_CACHE", str(tmp_path / "user-cache"))
-    pytester.makepyfile(tiny_project=TINY_PROJECT, test_tiny=TINY_CLAIMS)
-    return pytester
+    tiny_pytester.makepyfile(test_tiny=TINY_CLAIMS)
+    return tiny_pytester
 
 
 def _run(tiny, tmp_path, name, *extra):
+    """The serial run in this process, the xdist run in its own (its workers are processes anyway)."""
     cache, report = tmp_path / f"cache-{name}", tmp_path / f"report-{name}"
-    result = tiny.runpytest_subprocess("--kd-import", "tiny_project", "--kd-cache", str(cache), "--kd-report",
-                                       str(report), "--kd-deterministic", "-p", "no:cacheprovider", *extra)
+    run = tiny.runpytest_subprocess if extra else tiny.runpytest
+    result = run("--kd-import", "tiny_project", "--kd-cache", str(cache), "--kd-report", str(report),
+                 "--kd-deterministic", "-p", "no:cacheprovider", *extra)
     return result, json.loads((report / "report.json").read_text()), cache
 
 
