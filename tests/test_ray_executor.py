@@ -12,8 +12,6 @@ pytest.importorskip("ray")
 
 from ray_support import make_ray_project, train_in_this_process  # noqa: E402
 
-pytestmark = pytest.mark.processes
-
 
 @pytest.fixture
 def ray_project(pytester, tmp_path, monkeypatch):
@@ -32,6 +30,7 @@ def _addresses(folder: Path) -> set[str]:
     return found
 
 
+@pytest.mark.processes
 def test_a_ray_run_has_a_local_runs_verdicts_weights_and_loopback_only(ray_project, tmp_path):
     pytester, ray_tmp = ray_project
     cache = tmp_path / "cache"
