@@ -199,6 +199,21 @@ def test_conv_int8_is_static_qdq_with_calibration(tmp_path, tiny_cifar):
     assert out.shape == (4, 10) and np.isfinite(out).all()
 
 
+def test_int8_keeps_depthwise_convolutions_in_fp32_and_quantises_the_others():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 3, padding=1, groups=3), torch.nn.Conv2d(3, 8, 1),
+                                torch.nn.Flatten(), torch.nn.Linear(8 * 8 * 8, 10)).eval()
+    fp32 = ex.to_proto(model, (3, 8, 8), 18, True)
+    int8, method = q.quantize_proto(fp32, torch.randn(32, 3, 8, 8))
+    convs = {n.name: n for n in int8.graph.node if n.op_type == "Conv"}
+    produced_by = {out: n.op_type for n in int8.graph.node for out in n.output}
+    weight_from = {name: produced_by.get(node.input[1], "initializer") for name, node in convs.items()}
+    grouped = {n.name for n in fp32.graph.node if n.op_type == "Conv" and any(a.name == "group" and a.i == 3
+                                                                            for a in n.attribute)}
+    assert method == "static" and len(convs) == 2 and len(grouped) == 1
+    assert {name: weight_from[name] for name in grouped} == {name: "initializer" for name in grouped}  # fp32
+    assert sorted(weight_from.values()) == ["DequantizeLinear", "initializer"]  # the 1x1 conv is int8
+
+
 def test_validator_fails_when_onnx_disagrees_with_torch(mlp_ckpt, tmp_path, monkeypatch):
     real_to_proto = ex.to_proto
 
