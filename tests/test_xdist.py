@@ -44,12 +44,12 @@ def tiny(tiny_pytester, tmp_path, monkeypatch):
     return tiny_pytester
 
 
-def _run(tiny, tmp_path, name, *extra):
-    """The serial run in this process, the xdist run in its own (its workers are processes anyway)."""
+def _run(tiny, tmp_path, name, *xdist_options):
+    """Serially in this process; with xdist's options in a process of its own (its workers are processes anyway)."""
     cache, report = tmp_path / f"cache-{name}", tmp_path / f"report-{name}"
-    run = tiny.runpytest_subprocess if extra else tiny.runpytest
+    run = tiny.runpytest_subprocess if xdist_options else tiny.runpytest
     result = run("--kd-import", "tiny_project", "--kd-cache", str(cache), "--kd-report", str(report),
-                 "--kd-deterministic", "-p", "no:cacheprovider", *extra)
+                 "--kd-deterministic", "-p", "no:cacheprovider", *xdist_options)
     return result, json.loads((report / "report.json").read_text()), cache
 
 
