@@ -138,10 +138,10 @@ class RayExecutor:
             return
         if self.address not in (None, "auto"):
             _probe(self.address)  # Ray itself retries an unreachable address for minutes
-        env = {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}  # the driver's modules, --kd-import's too
         try:
             if self.address is None:
-                with _environment(env):  # inherited by the local workers, which Ray then starts before any task
+                # the driver's modules (--kd-import's too), inherited by the workers Ray starts before any task
+                with _environment({"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}):
                     ray.init(_node_ip_address=LOOPBACK, include_dashboard=False, log_to_driver=False,
                              configure_logging=False)
             else:
