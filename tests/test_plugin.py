@@ -1,6 +1,7 @@
 """The claims plugin, exercised through pytester on generated test files."""
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -300,3 +301,13 @@ def test_n_without_dist_groups_a_teachers_claims_unless_the_markers_leave_out_ev
         config.option.dist = "load"  # what xdist's pytest_cmdline_main does with -n before any pytest_configure
     _default_dist(config)
     assert config.option.dist == dist
+
+
+def test_ci_runs_the_readme_test_command_verbatim():
+    """`.ci/run` is the regression gate only while it runs what a user types from the README's "Set up"."""
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    setup = readme.split("## Set up", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    command = next(line for line in setup.splitlines() if "pytest" in line)
+    ci = [line for line in (root / ".ci" / "run").read_text().splitlines() if "-m pytest" in line]
+    assert ci == [command], f"README: {command!r}; .ci/run: {ci!r}"

@@ -122,6 +122,10 @@ class Claim:
         """The fewest seeds a gated verdict of this claim rests on: its own average, or `min_seeds`."""
         return max(self.seeds_averaged, self.min_seeds)
 
+    def gates_at(self, seeds: int) -> bool:
+        """Whether a run at `seeds` sample seeds (--kd-seeds) can gate this claim, rather than only report it."""
+        return self.gated and self.min_seeds <= seeds
+
     def one_seed(self) -> "Claim":
         """The same claim measured at one seed: the unit a sample over seeds is made of."""
         if "seeds" not in self.args:

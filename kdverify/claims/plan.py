@@ -48,6 +48,21 @@ def make_plan(claims: Iterable[Claim], budget: str, seeds: int = 1, offset: int 
     return list(planned.values())
 
 
+def models_beyond_the_gate(claims: Iterable[Claim], budget: str, seeds: int = 1) -> dict[str, list[ModelSpec]]:
+    """claim id -> the models only claims this run cannot gate need (`Claim.gates_at`), for every such claim
+    that needs any: what `--kd-gate-only` leaves untrained. Pinned teachers cost nothing and are never listed."""
+    claims = list(claims)
+    gating = {(s.name, s.seed) for c in claims if c.gates_at(seeds) for s in claim_specs(c, budget, seeds)}
+    beyond: dict[str, list[ModelSpec]] = {}
+    for claim in claims:
+        if claim.gates_at(seeds):
+            continue
+        extra = [s for s in claim_specs(claim, budget, seeds) if not s.pinned and (s.name, s.seed) not in gating]
+        if extra:
+            beyond[claim.id] = extra
+    return beyond
+
+
 def recorded_seconds_per_epoch(folder: Path | None = None) -> dict[str, float]:
     """recipe name -> median training seconds per epoch, from the committed reference samples: a claim whose
     value rests on one trained recipe (its teachers pinned) records that recipe's training time per seed."""

@@ -47,6 +47,10 @@ def add_options(parser: pytest.Parser) -> None:
     group.addoption("--kd-plan", action="store_true", default=False,
                     help="print every model the selected claims need (teachers first, cached or not, expected cost) "
                          "and exit without training")
+    group.addoption("--kd-gate-only", action="store_true", default=False,
+                    help="train only what the claims this run can gate need: a claim it can only report (not gated, "
+                         "or gated from more seeds than --kd-seeds) is measured where its models are at hand "
+                         "(needed by a gated claim, pinned or cached), else skipped with the models it would train")
     group.addoption("--kd-executor", choices=("local", "ray"), default="local",
                     help="where missing models train: local = in this process when a claim needs one (default); "
                          "ray = all of them planned up front as Ray tasks (pip install 'kdverify[ray]')")
@@ -112,6 +116,7 @@ class Settings:
     inconclusive: str
     recipe_files: tuple[str, ...]  # absolute paths
     plan: bool
+    gate_only: bool
     executor: str
     ray_address: str | None
     rootdir: str
@@ -128,7 +133,8 @@ class Settings:
             inconclusive=opt("--kd-inconclusive"),
             recipe_files=tuple([str(root / p) for p in config.getini("kd_recipe_file")]
                                + [os.path.abspath(p) for p in opt("--kd-recipe-file")]),
-            plan=opt("--kd-plan"), executor=opt("--kd-executor"), ray_address=opt("--kd-ray-address"),
+            plan=opt("--kd-plan"), gate_only=opt("--kd-gate-only"), executor=opt("--kd-executor"),
+            ray_address=opt("--kd-ray-address"),
             rootdir=str(root))
 
     @property

@@ -16,6 +16,7 @@ from kdverify.startup import import_user_modules, load_recipe_files
 
 if TYPE_CHECKING:  # the plugin loads in every pytest run of the environment: torch only when a claim runs
     from kdverify.claims.core import Claim, Verdict
+    from kdverify.cache.spec import ModelSpec
     from kdverify.claims.lab import ClaimsLab
 
 
@@ -26,6 +27,8 @@ class KdSession:
         self.ledger = Ledger()
         self.executor: Any = None
         self._lab: ClaimsLab | None = None
+        self._collected: list[Claim] = []
+        self._beyond_the_gate: dict[str, list[ModelSpec]] | None = None
         info = getattr(config, "workerinput", None)  # (index, count) on a pytest-xdist worker
         self.worker = (int(info["workerid"].lstrip("gw") or 0), int(info["workercount"])) if info else None
 
@@ -104,12 +107,16 @@ class KdSession:
     # ------------------------------------------------------------------ pytest_collection_finish
     def after_collection(self, items: list[pytest.Item]) -> None:
         """--kd-plan prints the plan and stops; --kd-executor ray submits what the plan must train."""
+        self._collected = _collected_claims(items)
         if (not self.settings.plan and self.executor is None) or self.worker:
             return
         from kdverify.claims.plan import estimate_seconds, format_plan, make_plan
 
         lab, seeds = self.lab, self.settings.seeds
-        plan = make_plan(_collected_claims(items), lab.budget, seeds)
+        claims = self._collected
+        if self.settings.gate_only:
+            claims = [c for c in claims if c.id not in self.beyond_the_gate()]
+        plan = make_plan(claims, lab.budget, seeds)
         lab.mark_cached(plan)
         estimate_seconds(plan)
         if self.settings.plan:
@@ -125,6 +132,43 @@ class KdSession:
         reaches the cache (only the driver writes entries, whole and verified)."""
         if self.executor is not None:
             self.executor.close(cancel=True)
+
+    def beyond_the_gate(self) -> "dict[str, list[ModelSpec]]":
+        """claim id -> the models that only claims this run cannot gate need (computed once, from the collection)."""
+        if self._beyond_the_gate is None:
+            from kdverify.claims.plan import models_beyond_the_gate
+
+            self._beyond_the_gate = models_beyond_the_gate(self._collected, self.settings.budget, self.settings.seeds)
+        return self._beyond_the_gate
+
+    def _gate_only_skip(self, claim: "Claim") -> str | None:
+        """--kd-gate-only: why a claim this run can only report is not measured (its own models are not at hand)."""
+        if not self.settings.gate_only or claim.gates_at(self.settings.seeds):
+            return None
+        if claim.id not in {c.id for c in self._collected}:  # called outside a collected claim test
+            from kdverify.claims.plan import models_beyond_the_gate
+
+            extra = models_beyond_the_gate([claim], self.settings.budget, self.settings.seeds).get(claim.id, [])
+        else:
+            extra = self.beyond_the_gate().get(claim.id, [])
+        try:
+            for spec in extra:
+                self.lab.dataset(spec.recipe.dataset)  # the cache looks an entry up by its data's checksum
+        except DataError:
+            return None  # data that is not here: the measurement says so (skip or error), as without the option
+        missing = [s for s in extra if not self.lab.cache.holds(s)]
+        if not missing:
+            return None
+        from kdverify.cache.spec import PlannedModel
+        from kdverify.claims.plan import estimate_seconds
+
+        planned = [PlannedModel(s) for s in missing]
+        estimate_seconds(planned)
+        cost = sum(p.seconds or 0 for p in planned)
+        why = f"gated from {claim.min_seeds} seeds, this run has {self.settings.seeds}" if claim.gated else "not gated"
+        models = ", ".join(f"{s.name} s{s.seed}" for s in missing)
+        return (f"--kd-gate-only: {claim.id} is only reported here ({why}) and needs {models} that no gated claim "
+                f"needs{f' (~{cost / 60:.0f} min of training)' if cost else ''}; without --kd-gate-only it is measured")
 
     # ------------------------------------------------------------------ what the fixtures ask
     def data_problem(self, exc: DataError) -> tuple[str, Callable[[str], None]]:
@@ -149,6 +193,10 @@ class KdSession:
 
             claim = CLAIMS_BY_ID[claim]
         lab = self.lab
+        skip = self._gate_only_skip(claim)
+        if skip:
+            attach(node, lab.not_measured(claim, skip, "SKIP"), [])
+            pytest.skip(skip)
         try:
             verdict = lab.check(claim, self.settings.seeds)
         except DataError as exc:
