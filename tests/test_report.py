@@ -8,7 +8,8 @@ import torch
 
 from kdverify.cache.records import Trained
 from kdverify.claims.core import Claim, Threshold, Verdict
-from kdverify.claims.report import budget_note, markdown, paper_error_pct, summary_line, table, write_report
+from kdverify.claims.report import (budget_note, markdown, paper_error_pct, reference_text, summary_line, table,
+                                    write_report)
 from kdverify.train.loop import EpochRecord
 from kdverify.train.metrics import Evaluation
 from kdverify.train.models import HintonMLP
@@ -182,3 +183,16 @@ def test_a_users_claims_without_published_numbers_are_not_called_published():
     assert "Thresholds are the published numbers" not in note and "none of these claims has a published number" in note
     text = markdown([_verdict(mine, "PASS")], [], [])
     assert "Confusion matrices" not in text
+
+
+def test_a_claim_that_was_not_measured_shows_its_reference_range_and_is_not_flagged_outside_it(tmp_path):
+    """A skipped built-in claim (no data, or --kd-gate-only) still shows what the committed sample holds."""
+    from kdverify.claims.lab import ClaimsLab
+    from kdverify.claims.paper import CLAIMS_BY_ID
+
+    lab = ClaimsLab(None, "ci", "cpu", tmp_path, progress=None)
+    skipped = lab.not_measured(CLAIMS_BY_ID["blog.cnn"], "--kd-gate-only: not trained here")
+    assert skipped.verdict == "SKIP" and skipped.reference["n"] >= 2 and not skipped.outside_reference
+    assert reference_text(skipped).startswith(f"{skipped.reference['min']:g}-{skipped.reference['max']:g} (n=")
+    mine = lab.not_measured(dataclasses.replace(CLAIMS_BY_ID["blog.cnn"], statement="my own"), "no data")
+    assert not mine.reference  # a user's claim sharing a built-in id: the committed sample is not about it

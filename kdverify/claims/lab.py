@@ -153,8 +153,9 @@ class ClaimsLab:
 
     def _attach_reference(self, verdict: Verdict) -> None:
         """The committed reference sample of a built-in claim beside its value, and whether the value lies
-        outside the sample's range (only comparable for a one-seed value: the sample's points are one seed each)."""
-        if _builtin(verdict.claim.id) != verdict.claim or verdict.measured is None:
+        outside the sample's range (only comparable for a one-seed value: the sample's points are one seed each).
+        A claim that was not measured still shows the range: what this run would have had beside it."""
+        if _builtin(verdict.claim.id) != verdict.claim:
             return  # a user's claim (even one sharing a built-in id): the committed samples are not about it
         if self.references is None:
             from kdverify.claims.paper import CLAIMS
@@ -164,7 +165,7 @@ class ClaimsLab:
         if ref is None:
             return
         verdict.reference = ref.to_dict(verdict.threshold.op)
-        if ref.values and verdict.n == 1 and verdict.claim.seeds_averaged == 1:
+        if ref.values and verdict.measured is not None and verdict.n == 1 and verdict.claim.seeds_averaged == 1:
             verdict.outside_reference = not min(ref.values) <= verdict.measured <= max(ref.values)
 
     def not_measured(self, claim: Claim, reason: str, verdict: str = "SKIP") -> Verdict:
@@ -172,6 +173,7 @@ class ClaimsLab:
         required data missing), with the reason."""
         result = Verdict(claim, self.budget, None, claim.threshold, verdict, reason, 0.0, str(self.device), "",
                          environment=self.environment())
+        self._attach_reference(result)
         self.last_models = []
         return result
 
