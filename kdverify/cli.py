@@ -196,10 +196,12 @@ def _train_and_save(recipe_name: str, budget: str, out: str, force: bool, data_r
     from kdverify.data import load_dataset
     from kdverify.io import check_writable
     from kdverify.train.cpu_memory import keep_freed_memory
+    from kdverify.train.denormals import flush_denormals
     from kdverify.train.loop import fit
 
     _set_deterministic(deterministic)
     keep_freed_memory()  # this process is kdverify's own: reuse freed heap pages (see kdverify.train.cpu_memory)
+    flush_denormals()  # and steady epochs, the same weights (see kdverify.train.denormals)
     dev = resolve_device(device)
     spec = resolve(recipe_name, budget, seed=seed)
     recipe = spec.recipe

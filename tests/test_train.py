@@ -306,3 +306,33 @@ def test_a_cifar_student_gets_identical_weights_in_a_fresh_process():
     exec(compile(source.replace("print(", "here['digest'] = ("), "<fit>", "exec"), {"here": here})  # noqa: S102
     fresh = subprocess.run([sys.executable, "-c", source], capture_output=True, text=True, check=True, cwd=root)
     assert fresh.stdout.strip() == here["digest"]
+
+
+
+
+_DENORMALS = """
+import torch
+from kdverify.train.denormals import flush_denormals
+
+tiny = torch.tensor([1e-40]).expand(4_000_000)  # denormal, no parallel op yet; the product below is split over threads
+supported = flush_denormals()
+print(supported, int(((tiny * 1.5) != 0).sum()), torch.get_num_threads())
+"""
+
+
+@pytest.mark.processes
+def test_flushed_denormals_reach_every_thread_torch_starts_after_the_call():
+    """torch.set_flush_denormal sets the calling thread's mode and threads started later inherit it (a pool already
+    running would keep its own, half the product below would stay denormal): so kdverify flushes before the first
+    parallel op, and in a fresh process every thread flushes."""
+    import os
+    import subprocess
+    import sys
+
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("the flush-to-zero mode checked here is x86's (MXCSR)")
+    out = subprocess.run([sys.executable, "-c", _DENORMALS], capture_output=True, text=True, check=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "2"}).stdout.split()
+    assert out == ["True", "0", "2"]

@@ -78,10 +78,12 @@ def train_task(recipe: dict[str, Any], teacher: tuple[bytes, str] | None, settin
     from kdverify.cache.store import trained_payload
     from kdverify.data import load_dataset
     from kdverify.startup import import_user_modules, load_recipe_files
+    from kdverify.train.denormals import flush_denormals
     from kdverify.train.determinism import cache_key_settings, set_deterministic
     from kdverify.train.loop import TRAINER_VERSION, fit
     from kdverify.train.recipes import Recipe
 
+    flush_denormals()  # before this worker's first parallel op, so its OpenMP threads inherit the mode
     import_user_modules(settings.imports)  # the driver's, so the task knows the user's recipes and models
     load_recipe_files(settings.recipe_files)
     if settings.deterministic:

@@ -83,12 +83,14 @@ class KdSession:
 
         from kdverify.claims.lab import ClaimsLab
         from kdverify.train.cpu_memory import keep_freed_memory
+        from kdverify.train.denormals import flush_denormals
         from kdverify.train.loop import progress_line
 
         s, worker = self.settings, self.worker
         if worker and not s.deterministic:
             torch.set_num_threads(max(1, torch.get_num_threads() // worker[1]))  # workers share the cores
         keep_freed_memory()  # this process is pytest's: reuse freed heap pages (see kdverify.train.cpu_memory)
+        flush_denormals()  # already done where claims were collected; here for a claim checked from a plain test
         say = self._say
         return ClaimsLab(s.data_root, s.budget, s.device, s.cache,
                          progress=lambda recipe, record, total: say(progress_line(recipe, record, total)),
@@ -106,8 +108,14 @@ class KdSession:
 
     # ------------------------------------------------------------------ pytest_collection_finish
     def after_collection(self, items: list[pytest.Item]) -> None:
-        """--kd-plan prints the plan and stops; --kd-executor ray submits what the plan must train."""
+        """Claims collected: denormals are flushed from here on (before the tests run, so torch's threads inherit
+        the mode: kdverify.train.denormals). --kd-plan prints the plan and stops; --kd-executor ray submits what the
+        plan must train."""
         self._collected = _collected_claims(items)
+        if self._collected:
+            from kdverify.train.denormals import flush_denormals
+
+            flush_denormals()
         if (not self.settings.plan and self.executor is None) or self.worker:
             return
         from kdverify.claims.plan import estimate_seconds, format_plan, make_plan
@@ -247,12 +255,12 @@ def _raise_outcome(claim: "Claim", verdict: "Verdict", budget: str, inconclusive
 
 def _collected_claims(items: list[pytest.Item]) -> list["Claim"]:
     """The claims the selected tests check (parametrized with `claim`), in collection order, each once."""
-    from kdverify.claims.paper import CLAIMS_BY_ID
-
     found: dict[str, Claim] = {}
     for item in items:
         claim = getattr(item, "callspec", None) and item.callspec.params.get("claim")
         if isinstance(claim, str):
+            from kdverify.claims.paper import CLAIMS_BY_ID
+
             claim = CLAIMS_BY_ID.get(claim)
         if claim is not None and hasattr(claim, "recipes"):
             found.setdefault(claim.id, claim)
