@@ -153,12 +153,13 @@ class KdSession:
         """--kd-gate-only: why a claim this run can only report is not measured (its own models are not at hand)."""
         if not self.settings.gate_only or claim.gates_at(self.settings.seeds):
             return None
-        if claim.id not in {c.id for c in self._collected}:  # called outside a collected claim test
+        if any(c.id == claim.id for c in self._collected):
+            extra = self.beyond_the_gate().get(claim.id, [])
+        else:  # checked from a plain test: beside the collected claims, whose gated ones may train its models
             from kdverify.claims.plan import models_beyond_the_gate
 
-            extra = models_beyond_the_gate([claim], self.settings.budget, self.settings.seeds).get(claim.id, [])
-        else:
-            extra = self.beyond_the_gate().get(claim.id, [])
+            extra = models_beyond_the_gate([*self._collected, claim], self.settings.budget,
+                                           self.settings.seeds).get(claim.id, [])
         try:
             for spec in extra:
                 self.lab.dataset(spec.recipe.dataset)  # the cache looks an entry up by its data's checksum
