@@ -64,6 +64,12 @@ MLP = dict(hidden=16)
 register_recipe(Recipe("raytiny-teacher", "raytiny", "hinton_mlp", epochs=3, lr=0.05, arch_kwargs=MLP), replace=True)
 register_recipe(Recipe("raytiny-kd", "raytiny", "hinton_mlp", epochs=2, lr=0.05, arch_kwargs=MLP, objective="kd",
                        teacher="raytiny-teacher", temperature=4.0, soft_weight=0.7), replace=True)
+# a pair whose teacher a test puts in the cache before the Ray run: it travels to its student's task from there
+register_recipe(Recipe("raytiny-cached-teacher", "raytiny", "hinton_mlp", epochs=2, lr=0.05, arch_kwargs=MLP),
+                replace=True)
+register_recipe(Recipe("raytiny-cached-kd", "raytiny", "hinton_mlp", epochs=2, lr=0.05, arch_kwargs=MLP,
+                       objective="kd", teacher="raytiny-cached-teacher", temperature=4.0, soft_weight=0.7),
+                replace=True)
 for arch in ("raising_mlp", "dies_once_mlp", "always_dies_mlp", "slow_mlp"):
     register_recipe(Recipe(arch.replace("_mlp", ""), "raytiny", arch, epochs=1, lr=0.05, arch_kwargs=MLP),
                     replace=True)
@@ -79,7 +85,8 @@ def claim(id, recipe):
 
 SLOW = [claim("ray.slow", "slow")]
 CLAIMS = [claim("ray.kd", "raytiny-kd"), claim("ray.teacher", "raytiny-teacher"), claim("ray.raising", "raising"),
-          claim("ray.dies_once", "dies_once"), claim("ray.always_dies", "always_dies")]
+          claim("ray.dies_once", "dies_once"), claim("ray.always_dies", "always_dies"),
+          claim("ray.cached_kd", "raytiny-cached-kd")]
 
 @pytest.mark.claims
 @pytest.mark.parametrize("claim", CLAIMS, ids=lambda c: c.id)

@@ -1,9 +1,14 @@
 """--kd-executor ray on a local Ray runtime (loopback only), with tiny recipes: same weights as a local run,
-teachers before students, a raising task and killed workers as ERROR rows, a bad address as one line."""
+teachers before students (trained by Ray or cached), a raising task and killed workers as ERROR rows, a session
+beside the Ray run sharing its cache, a bad address as one line."""
 
 import ipaddress
 import json
+import os
 import re
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -30,34 +35,72 @@ def _addresses(folder: Path) -> set[str]:
     return found
 
 
+def _read_until(proc, marker: str, timeout: float = 240) -> str:
+    seen, deadline = "", time.monotonic() + timeout
+    while marker not in seen and time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line and proc.poll() is not None:
+            break
+        seen += line
+    return seen
+
+
 @pytest.mark.processes
-def test_a_ray_run_has_a_local_runs_verdicts_weights_and_loopback_only(ray_project, tmp_path):
+def test_a_ray_run_matches_a_local_run_shares_its_cache_with_another_session_and_talks_on_loopback_only(ray_project,
+                                                                                                      tmp_path):
+    """One local Ray session (a Ray start costs several processes) for everything a finished run shows."""
     pytester, ray_tmp = ray_project
     cache = tmp_path / "cache"
-    run = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--kd-import", "ray_project", "--kd-budget", "paper",
-                                        f"--kd-cache={cache}", "--kd-executor", "ray", "--kd-deterministic",
-                                        "-k", "not slow", f"--kd-report={tmp_path / 'report'}", timeout=600)
-    run.assert_outcomes(passed=3, failed=2)  # test_slow deselected: -k "not slow"
+    common = ["-p", "no:cacheprovider", "--kd-import", "ray_project", "--kd-budget", "paper", f"--kd-cache={cache}",
+              "--kd-deterministic"]
+    cached = train_in_this_process(pytester, cache, ["raytiny-cached-teacher"], deterministic=True)
+    assert cached["raytiny-cached-teacher"].source == "trained"
+    ray_run = subprocess.Popen([sys.executable, "-m", "pytest", *common, "--kd-executor", "ray",
+                                "--kd-ray-retries", "1", f"--kd-report={tmp_path / 'report'}"], cwd=pytester.path,
+                               env={**os.environ, "PYTHONPATH": str(pytester.path)},
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        seen = _read_until(ray_run, "submitted to Ray")
+        assert "kdverify: 7 model(s) submitted to Ray" in seen, seen  # the cached teacher is not trained again
+
+        # another session on the same cache, beside the Ray run: the slow model (submitted last) is not trained
+        # twice; this session waits on its entry's lock, then loads what Ray trained
+        sys.modules.pop("ray_project", None)
+        local = pytester.runpytest(*common, "-k", "slow", f"--kd-report={tmp_path / 'local'}")
+        out = seen + ray_run.communicate(timeout=300)[0]
+    finally:
+        if ray_run.poll() is None:
+            ray_run.kill()
+    local.assert_outcomes(passed=1)
+    assert "epoch" not in local.stdout.str() + local.stderr.str()
+    local_models = json.loads((tmp_path / "local" / "report.json").read_text())["models"]
+    assert [(m["recipe"], m["source"]) for m in local_models] == [("slow", "cache")]
+
+    assert ray_run.returncode == 1, out  # the two ERROR claims below
     report = json.loads((tmp_path / "report" / "report.json").read_text())
+    verdicts = {v["claim"]: v["verdict"] for v in report["claims"]}
+    assert verdicts == {"ray.kd": "PASS", "ray.teacher": "PASS", "ray.raising": "ERROR", "ray.dies_once": "PASS",
+                        "ray.always_dies": "ERROR", "ray.cached_kd": "PASS", "ray.slow": "PASS"}, verdicts
     errors = {v["claim"]: v["detail"] for v in report["claims"] if v["verdict"] == "ERROR"}
-    assert errors == {
-        "ray.raising": "KdverifyError: Ray task raising seed 0 failed: RuntimeError: boom in forward",
-        "ray.always_dies": errors.get("ray.always_dies", "")}, errors
-    assert errors["ray.always_dies"].startswith("KdverifyError: Ray task always_dies seed 0 failed after 2 retries: "
-                                                "WorkerCrashedError")
+    assert errors["ray.raising"] == "KdverifyError: Ray task raising seed 0 failed: RuntimeError: boom in forward"
+    assert errors["ray.always_dies"].startswith("KdverifyError: Ray task always_dies seed 0 failed after 1 retry: "
+                                                "WorkerCrashedError"), errors
     assert (tmp_path / "marks" / "niceness").read_text() == "0"  # training tasks are not Ray's niced background work
-    machines = {m["recipe"]: m.get("machine", "") for m in report["models"]}
-    assert all("Ray node" in machines[name] for name in ("raytiny-teacher", "raytiny-kd", "dies_once")), machines
-    files = {p.name.split("-seed")[0] for p in cache.glob("*.pt")}
-    assert files == {"raytiny-teacher", "raytiny-kd", "dies_once"}  # nothing half-written from the failures
+    models = {m["recipe"]: m for m in report["models"]}
+    ray_trained = ("raytiny-teacher", "raytiny-kd", "dies_once", "raytiny-cached-kd", "slow")
+    assert {name: m["source"] for name, m in models.items()} == {**dict.fromkeys(ray_trained, "trained"),
+                                                                  "raytiny-cached-teacher": "cache"}
+    assert all("Ray node" in models[name].get("machine", "") for name in ray_trained), models
+    files = sorted(p.name.split("-seed")[0] for p in cache.glob("*.pt"))
+    assert files == sorted([*ray_trained, "raytiny-cached-teacher"])  # once each, nothing half-written from failures
 
     # the same recipes trained locally (deterministic, another cache) have the same weights, bit for bit, and the
-    # same keys: a student's key names its teacher's weights, so Ray fed the student the teacher it had just trained
-    trained_locally = train_in_this_process(pytester, tmp_path / "local-cache",
-                                            ["raytiny-teacher", "raytiny-kd", "dies_once"], deterministic=True)
+    # same keys: a student's key names its teacher's weights, so Ray fed each student the teacher it had just
+    # trained, or the one the driver's cache held
+    trained_locally = train_in_this_process(pytester, tmp_path / "local-cache", list(models), deterministic=True)
     assert {t.source for t in trained_locally.values()} == {"trained"}
     assert ({name: (t.key, t.weights) for name, t in trained_locally.items()}
-            == {m["recipe"]: (m["key"], m["weights"]) for m in report["models"]})
+            == {name: (m["key"], m["weights"]) for name, m in models.items()})
 
     addresses = _addresses(ray_tmp)
     assert addresses == {"127.0.0.1"}, f"Ray bound or talked on {sorted(addresses)}"
@@ -70,7 +113,8 @@ def test_plan_prints_the_models_and_trains_nothing(ray_project, tmp_path):
     assert run.ret == 0
     run.stdout.fnmatch_lines(["model*seed*teacher*cached*expected*needed by*", "raytiny-teacher*0*-*no*",
                               "raytiny-kd*0*raytiny-teacher s0*no*", "raytiny-kd*1*raytiny-teacher s0*no*",
-                              "*paper budget, 2 seed(s): 11 models, 11 to train*"])
+                              "raytiny-cached-kd*1*raytiny-cached-teacher s0*no*",
+                              "*paper budget, 2 seed(s): 14 models, 14 to train*"])
     assert not (tmp_path / "cache").exists() or not list((tmp_path / "cache").glob("*.pt"))
 
 
@@ -81,3 +125,10 @@ def test_an_unreachable_cluster_is_one_line_before_collection(ray_project):
     assert run.ret == 4  # a usage error: nothing collected, nothing trained
     err = run.stderr.str()
     assert "--kd-ray-address 127.0.0.1:1: cannot start or reach Ray" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("value", ["-1", "two", "101"])
+def test_ray_retries_must_be_a_count(pytester, value):
+    result = pytester.runpytest("--kd-ray-retries", value)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*--kd-ray-retries*'{value}' is not a retry count from 0 to 100*"])

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from kdverify.cache.spec import ModelSpec, PlannedModel
 
 LOOPBACK = "127.0.0.1"
-TASK_RETRIES = 2  # a worker that dies mid-task (killed, out of memory) is retried this often, then the claim ERRORs
+TASK_RETRIES = 2  # default: a worker that dies mid-task (killed, out of memory) is retried this often, then ERROR
 
 
 class LocalExecutor:
@@ -112,10 +112,12 @@ def train_task(recipe: dict[str, Any], teacher: tuple[bytes, str] | None, settin
 class RayExecutor:
     """Every missing model of a plan as one Ray task, students after (and fed by) their teachers."""
 
-    def __init__(self, address: str | None = None, budget: str = "ci", data_root: str | None = None,
+    def __init__(self, address: str | None = None, retries: int = TASK_RETRIES, budget: str = "ci",
+                 data_root: str | None = None,
                  deterministic: bool = False, imports: list[str] | None = None,
                  recipe_files: list[str] | None = None, say: Callable[[str], None] | None = None) -> None:
         self.address = address
+        self.retries = retries
         self.settings = TaskSettings(budget, data_root, deterministic, list(imports or []), list(recipe_files or []))
         self.say = say or (lambda line: print(line, file=sys.stderr, flush=True))
         self._refs: dict[tuple[str, int], Any] = {}
@@ -164,7 +166,7 @@ class RayExecutor:
         gpus = 1 if _has_cuda() else 0
         self.settings.cpus = 1 if gpus else max(1, min(2, int(ray.cluster_resources().get("CPU", 1))))
         remote = ray.remote(train_task).options(num_cpus=self.settings.cpus, num_gpus=gpus,
-                                                max_retries=TASK_RETRIES, retry_exceptions=False)
+                                                max_retries=self.retries, retry_exceptions=False)
         for item in plan:
             if not item.to_train:
                 continue
@@ -251,7 +253,8 @@ class RayExecutor:
             cause = exc.cause if getattr(exc, "cause", None) is not None else exc
             raise KdverifyError(f"Ray task {spec.label} failed: {type(cause).__name__}: {first_line(cause)}") from None
         except (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError, ray.exceptions.RayError) as exc:
-            raise KdverifyError(f"Ray task {spec.label} failed after {TASK_RETRIES} retries: "
+            retries = f"{self.retries} retr{'y' if self.retries == 1 else 'ies'}"
+            raise KdverifyError(f"Ray task {spec.label} failed after {retries}: "
                                 f"{type(exc).__name__}: {first_line(exc)}") from None
 
     def close(self, cancel: bool = False) -> None:

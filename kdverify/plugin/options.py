@@ -57,6 +57,9 @@ def add_options(parser: pytest.Parser) -> None:
     group.addoption("--kd-ray-address", default=None, metavar="ADDR",
                     help="the Ray cluster to use with --kd-executor ray: auto, ray://host:port (default: start a "
                          "local Ray bound to 127.0.0.1)")
+    group.addoption("--kd-ray-retries", type=_retry_count, default=2, metavar="N",
+                    help="with --kd-executor ray, run a task again this often when its worker dies (a node lost or "
+                         "preempted, out of memory) before its claims ERROR (default: 2)")
     parser.addini("kd_import", type="linelist", default=[], help="modules kdverify imports first (like --kd-import)")
     parser.addini("kd_recipe_file", type="linelist", default=[],
                   help="TOML recipe files kdverify registers first (like --kd-recipe-file), relative to the rootdir")
@@ -100,6 +103,16 @@ def _seed_count(text: str) -> int:
     return n
 
 
+def _retry_count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if not 0 <= n <= 100:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a retry count from 0 to 100")
+    return n
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every --kd- option and ini value, read once in pytest_configure (ini modules first, then the options')."""
@@ -119,6 +132,7 @@ class Settings:
     gate_only: bool
     executor: str
     ray_address: str | None
+    ray_retries: int
     rootdir: str
 
     @classmethod
@@ -134,7 +148,7 @@ class Settings:
             recipe_files=tuple([str(root / p) for p in config.getini("kd_recipe_file")]
                                + [os.path.abspath(p) for p in opt("--kd-recipe-file")]),
             plan=opt("--kd-plan"), gate_only=opt("--kd-gate-only"), executor=opt("--kd-executor"),
-            ray_address=opt("--kd-ray-address"),
+            ray_address=opt("--kd-ray-address"), ray_retries=opt("--kd-ray-retries"),
             rootdir=str(root))
 
     @property

@@ -62,9 +62,9 @@ class KdSession:
             raise pytest.UsageError("--kd-executor ray spreads the trainings itself: use it without -n (pytest-xdist)")
         from kdverify.cache.executors import EXECUTORS
 
-        executor = EXECUTORS.lookup(s.executor)(address=s.ray_address, budget=s.budget, data_root=s.data_root,
-                                                deterministic=s.deterministic, imports=list(s.imports),
-                                                recipe_files=list(s.recipe_files))
+        executor = EXECUTORS.lookup(s.executor)(address=s.ray_address, retries=s.ray_retries, budget=s.budget,
+                                                data_root=s.data_root, deterministic=s.deterministic,
+                                                imports=list(s.imports), recipe_files=list(s.recipe_files))
         try:
             executor.connect()
         except KdverifyError as exc:
