@@ -113,8 +113,7 @@ class RayExecutor:
     """Every missing model of a plan as one Ray task, students after (and fed by) their teachers."""
 
     def __init__(self, address: str | None = None, retries: int = TASK_RETRIES, budget: str = "ci",
-                 data_root: str | None = None,
-                 deterministic: bool = False, imports: list[str] | None = None,
+                 data_root: str | None = None, deterministic: bool = False, imports: list[str] | None = None,
                  recipe_files: list[str] | None = None, say: Callable[[str], None] | None = None) -> None:
         self.address = address
         self.retries = retries

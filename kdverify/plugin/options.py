@@ -6,6 +6,7 @@ import argparse
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -35,7 +36,7 @@ def add_options(parser: pytest.Parser) -> None:
                     help="write report.md, report.json and PNG pictures of the claims here")
     group.addoption("--kd-import", action="append", default=[], metavar="MODULE",
                     help="import MODULE first (it may register models, datasets, objectives, recipes); repeatable")
-    group.addoption("--kd-seeds", type=_seed_count, default=1, metavar="N",
+    group.addoption("--kd-seeds", type=_count(1, 1000, "seed count"), default=1, metavar="N",
                     help="judge every claim that trains a student at N seeds (teachers fixed): PASS when the one-sided "
                          "95%% confidence bound on the mean passes, FAIL when the mean fails, else INCONCLUSIVE "
                          "(default: 1, today's verdict beside the committed reference range)")
@@ -57,7 +58,7 @@ def add_options(parser: pytest.Parser) -> None:
     group.addoption("--kd-ray-address", default=None, metavar="ADDR",
                     help="the Ray cluster to use with --kd-executor ray: auto, ray://host:port (default: start a "
                          "local Ray bound to 127.0.0.1)")
-    group.addoption("--kd-ray-retries", type=_retry_count, default=2, metavar="N",
+    group.addoption("--kd-ray-retries", type=_count(0, 100, "retry count"), default=2, metavar="N",
                     help="with --kd-executor ray, run a task again this often when its worker dies (a node lost or "
                          "preempted, out of memory) before its claims ERROR (default: 2)")
     parser.addini("kd_import", type="linelist", default=[], help="modules kdverify imports first (like --kd-import)")
@@ -93,24 +94,19 @@ def check_paths_left_the_rootdir_alone(config: pytest.Config) -> None:
                 f"space for a test path, so its rootdir became {config.rootpath}, not {project}")
 
 
-def _seed_count(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if not 1 <= n <= 1000:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a seed count from 1 to 1000")
-    return n
+def _count(low: int, high: int, what: str) -> Callable[[str], int]:
+    """An option's whole-number argument from `low` to `high`: anything else is argparse's one-line usage error."""
 
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            n = low - 1
+        if not low <= n <= high:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {what} from {low} to {high}")
+        return n
 
-def _retry_count(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = -1
-    if not 0 <= n <= 100:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a retry count from 0 to 100")
-    return n
+    return parse
 
 
 @dataclass(frozen=True)
