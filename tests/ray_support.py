@@ -2,6 +2,7 @@
 a pytester folder with its own short RAY_TMPDIR."""
 
 import tempfile
+import time
 from pathlib import Path
 
 PROJECT = '''
@@ -138,3 +139,14 @@ def make_ray_project(pytester, tmp_path, monkeypatch):
     monkeypatch.setenv("RAY_TMPDIR", str(ray_tmp))
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     return pytester, ray_tmp
+
+
+def read_until(proc, marker: str, timeout: float = 240) -> str:
+    """A session's output up to the line with `marker` (or all of it, if it ended or the time ran out first)."""
+    seen, deadline = "", time.monotonic() + timeout
+    while marker not in seen and time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line and proc.poll() is not None:
+            break
+        seen += line
+    return seen

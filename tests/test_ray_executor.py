@@ -8,14 +8,13 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 pytest.importorskip("ray")
 
-from ray_support import make_ray_project, train_in_this_process  # noqa: E402
+from ray_support import make_ray_project, read_until, train_in_this_process  # noqa: E402
 
 
 @pytest.fixture
@@ -35,16 +34,6 @@ def _addresses(folder: Path) -> set[str]:
     return found
 
 
-def _read_until(proc, marker: str, timeout: float = 240) -> str:
-    seen, deadline = "", time.monotonic() + timeout
-    while marker not in seen and time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line and proc.poll() is not None:
-            break
-        seen += line
-    return seen
-
-
 @pytest.mark.processes
 def test_a_ray_run_matches_a_local_run_shares_its_cache_with_another_session_and_talks_on_loopback_only(ray_project,
                                                                                                       tmp_path):
@@ -60,7 +49,7 @@ def test_a_ray_run_matches_a_local_run_shares_its_cache_with_another_session_and
                                env={**os.environ, "PYTHONPATH": str(pytester.path)},
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        seen = _read_until(ray_run, "submitted to Ray")
+        seen = read_until(ray_run, "submitted to Ray")
         assert "kdverify: 7 model(s) submitted to Ray" in seen, seen  # the cached teacher is not trained again
 
         # another session on the same cache, beside the Ray run: the slow model (submitted last) is not trained

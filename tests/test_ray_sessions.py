@@ -6,7 +6,7 @@ import pytest
 
 pytest.importorskip("ray")
 
-from ray_support import make_ray_project  # noqa: E402
+from ray_support import make_ray_project, read_until  # noqa: E402
 
 pytestmark = pytest.mark.processes
 
@@ -32,11 +32,9 @@ def test_ctrl_c_cancels_the_tasks_and_leaves_no_cache_entry(ray_project, tmp_pat
                             # Ctrl-C as at a terminal: a suite started in the background by a non-interactive
                             # shell ignores SIGINT, and a child would inherit that and never be interrupted
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    seen = ""
-    deadline = time.monotonic() + 240
-    while "submitted to Ray" not in seen and time.monotonic() < deadline:
-        seen += proc.stdout.readline()
+    seen = read_until(proc, "submitted to Ray")
     assert "submitted to Ray" in seen, seen
+    deadline = time.monotonic() + 240
     running = tmp_path / "marks" / "slow-running"  # the slow model (0.5 s a batch) is training on a worker
     while not running.exists() and time.monotonic() < deadline:
         time.sleep(0.1)
